@@ -1,0 +1,13 @@
+"""django-q2 entry points: thin, they call the ingestion worker."""
+
+from __future__ import annotations
+
+from knowledge import ingestion
+
+
+def ingest_document(document_id: int) -> str:
+    return ingestion.ingest_document(document_id)
+
+
+def requeue_stalled() -> int:
+    return ingestion.requeue_stalled()

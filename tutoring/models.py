@@ -1,0 +1,1 @@
+"""Conversations and messages arrive with the tutoring chat issue."""
