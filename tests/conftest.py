@@ -26,6 +26,19 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_SLUG = "industrial-maintenance"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _media_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Uploaded files of the tests go to a temporary folder, shared with child processes."""
+    from django.conf import settings
+
+    media = tmp_path_factory.mktemp("media")
+    previous = settings.MEDIA_ROOT
+    settings.MEDIA_ROOT = media
+    os.environ["TUTOR_MEDIA_ROOT"] = str(media)
+    yield media
+    settings.MEDIA_ROOT = previous
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> None:
     """The test database, with the cache table and the demo course ingested once."""
