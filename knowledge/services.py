@@ -188,14 +188,19 @@ def tag_chunks(*, chunks: Iterable[Chunk] | None = None, course: Course) -> int:
         skill_vectors = embedding.embed([skill.tagging_text() for skill in skills])
         chunk_vectors = np.vstack([np.asarray(row.embedding, dtype=np.float32) for row in rows])
         similarity = chunk_vectors @ skill_vectors.T
-        threshold = settings.TUTOR_SKILL_TAG_THRESHOLD
+        # Over the threshold, and close to the chunk's best match: a passage about lockout that
+        # mentions hazards teaches lockout, not everything it brushes against.
+        floor = np.maximum(
+            settings.TUTOR_SKILL_TAG_THRESHOLD,
+            similarity.max(axis=1, keepdims=True) - settings.TUTOR_SKILL_TAG_MARGIN,
+        )
         links = [
             ChunkSkill(
                 chunk=row, skill=skill, score=float(similarity[i, j]), source=ChunkSkill.Source.AUTO
             )
             for i, row in enumerate(rows)
             for j, skill in enumerate(skills)
-            if similarity[i, j] >= threshold
+            if similarity[i, j] >= floor[i, 0]
         ]
         ChunkSkill.objects.bulk_create(links, ignore_conflicts=True)
     return len(links)

@@ -201,6 +201,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 MEDIA_ROOT = Path(env_str("TUTOR_MEDIA_ROOT", str(VAR_DIR / "media")))
 MEDIA_URL = "media/"
 STORAGES = {
@@ -226,6 +227,8 @@ TUTOR_EMBED_BATCH = env_int("TUTOR_EMBED_BATCH", 64, minimum=1)
 TUTOR_CHUNK_TOKENS = env_int("TUTOR_CHUNK_TOKENS", 200, minimum=32)
 TUTOR_CHUNK_OVERLAP = env_int("TUTOR_CHUNK_OVERLAP", 40, minimum=0)
 TUTOR_SKILL_TAG_THRESHOLD = env_float("TUTOR_SKILL_TAG_THRESHOLD", 0.40)
+# ... and within this much of the passage's best-matching skill.
+TUTOR_SKILL_TAG_MARGIN = env_float("TUTOR_SKILL_TAG_MARGIN", 0.10)
 # A document still `processing` with no progress for this long is handed to another worker.
 TUTOR_INGEST_STALE_SECONDS = env_int("TUTOR_INGEST_STALE_SECONDS", 120, minimum=1)
 TUTOR_HNSW_EF_SEARCH = env_int("TUTOR_HNSW_EF_SEARCH", 100, minimum=1)
