@@ -55,7 +55,7 @@ def test_it_keeps_the_canary_out_of_the_api(
     member = User.objects.create_user("tina-turbines", password="x")
     services.enroll(course=other, user=member, role=Enrollment.Role.LEARNER)
     response = client_for(member).get(
-        f"/api/courses/{other.slug}/search", {"q": CANARY_QUESTION, "k": 50}
+        f"/api/courses/{other.slug}/search", {"q": CANARY_QUESTION, "k": "50"}
     )
     assert response.status_code == 200
     texts = [hit["text"] for hit in response.json()["results"]]
