@@ -171,10 +171,10 @@ class ChunkInline(admin.TabularInline):
 class DocumentAdmin(CourseScopedAdmin):
     list_display = [
         "title",
-        "course",
-        "original_filename",
         "status_badge",
         "progress_bar",
+        "original_filename",
+        "course",
         "created_at",
     ]
     list_filter = ["course", "status"]

@@ -123,9 +123,28 @@ def _split_long(
     for index, (window, window_tokens) in enumerate(zip(windows, counts, strict=True)):
         if window_tokens > max_tokens and len(window.split()) > 1:
             result.extend(_split_long(window, joiner, window_tokens, count, max_tokens))
+        elif window_tokens > max_tokens:
+            # One "word" too long to fit (a URL, a dot leader): cut it by characters.
+            result.extend(_split_word(window, joiner if index == 0 else " ", count, max_tokens))
         else:
             result.append(_Unit(window, window_tokens, joiner if index == 0 else " "))
     return result
+
+
+def _split_word(word: str, joiner: str, count: TokenCounter, max_tokens: int) -> list[_Unit]:
+    units: list[_Unit] = []
+    rest = word
+    while rest:
+        low, high = 1, len(rest)  # the longest prefix that fits, by bisection
+        while low < high:
+            middle = (low + high + 1) // 2
+            if count([rest[:middle]])[0] <= max_tokens:
+                low = middle
+            else:
+                high = middle - 1
+        piece, rest = rest[:low], rest[low:]
+        units.append(_Unit(piece, count([piece])[0], " " if units else joiner))
+    return units
 
 
 def _join(units: Sequence[_Unit]) -> str:

@@ -6,7 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-_HYPHEN_BREAK = re.compile(r"(\w)-\n(\w)")
+_HYPHEN_BREAK = re.compile(r"(\w)(?:-\n|[\ufffe\u00ad]\n?)(\w)")
 _SPACES = re.compile(r"[ \t\u00a0]+")
 _PAGE_NUMBER = re.compile(r"^\s*(?:page\s*)?\d{1,4}(?:\s*(?:of|/)\s*\d{1,4})?\s*$", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -42,10 +42,15 @@ def drop_page_furniture(pages: Sequence[str]) -> list[str]:
     )
     cleaned = []
     for page in pages:
+        # Only the top and bottom lines can be furniture: a lone "150" mid-page is content.
+        lines = page.split("\n")
+        filled = [index for index, line in enumerate(lines) if line.strip()]
+        edges = set(filled[:2] + filled[-2:])
         kept = [
             line
-            for line in page.split("\n")
-            if not _PAGE_NUMBER.match(line) and _furniture_key(line.strip()) not in repeated
+            for index, line in enumerate(lines)
+            if index not in edges
+            or not (_PAGE_NUMBER.match(line) or _furniture_key(line.strip()) in repeated)
         ]
         cleaned.append("\n".join(kept))
     return cleaned

@@ -187,12 +187,16 @@ def requeue_stalled() -> int:
     """Queue again every document whose worker died (no heartbeat for a while) or never started."""
     from knowledge.services import enqueue_ingestion
 
-    stale = timezone.now() - timedelta(seconds=settings.TUTOR_INGEST_STALE_SECONDS)
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.TUTOR_INGEST_STALE_SECONDS)
+    # A pending document may wait behind others for a long time; it counts as lost (its queue
+    # message never sent) only once the broker itself would have given up on it.
+    lost = now - timedelta(seconds=settings.Q_CLUSTER["retry"])
     stalled = list(
         Document.objects.filter(
             Q(status=Document.Status.PROCESSING, heartbeat_at__lt=stale)
             | Q(status=Document.Status.PROCESSING, heartbeat_at__isnull=True)
-            | Q(status=Document.Status.PENDING, created_at__lt=stale)
+            | Q(status=Document.Status.PENDING, created_at__lt=lost)
         ).values_list("pk", flat=True)
     )
     for document_id in stalled:

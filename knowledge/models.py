@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from pgvector.django import HnswIndex, VectorField
 
@@ -21,9 +22,24 @@ class Course(models.Model):
     title = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The mode table of DESIGN.md: p(L) below `foundational_below` is foundational, at or above
+    # `advanced_from` advanced, scaffolded between. Prerequisites count as met from
+    # `advanced_from` on.
+    foundational_below = models.FloatField(
+        default=0.40, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+    )
+    advanced_from = models.FloatField(
+        default=0.75, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+    )
 
     class Meta:
         ordering = ["title"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(foundational_below__lte=models.F("advanced_from")),
+                name="course_thresholds_ordered",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.title

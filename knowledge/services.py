@@ -207,7 +207,7 @@ def tag_chunks(*, chunks: Iterable[Chunk] | None = None, course: Course) -> int:
 
 
 INSTRUCTOR_GROUP = "Instructors"
-_INSTRUCTOR_PERMISSIONS = {
+INSTRUCTOR_PERMISSIONS = {
     "course": ["view", "change"],
     "enrollment": ["view", "add", "change", "delete"],
     "skill": ["view", "add", "change", "delete"],
@@ -217,20 +217,25 @@ _INSTRUCTOR_PERMISSIONS = {
 }
 
 
-@transaction.atomic
-def make_instructor_staff(*, user: User) -> None:
-    """Let an instructor into the back office, where they see only the courses they teach."""
+def grant_instructor_permissions(app_label: str, permissions: dict[str, list[str]]) -> None:
+    """Give the Instructors group these model permissions of an app (each app grants its own,
+    after its migrations; the admin then limits every row to the instructor's courses)."""
     from django.contrib.auth.models import Group, Permission
 
     group, _ = Group.objects.get_or_create(name=INSTRUCTOR_GROUP)
-    wanted = [
-        f"{action}_{model}"
-        for model, actions in _INSTRUCTOR_PERMISSIONS.items()
-        for action in actions
-    ]
-    group.permissions.set(
-        Permission.objects.filter(content_type__app_label="knowledge", codename__in=wanted)
+    wanted = [f"{action}_{model}" for model, actions in permissions.items() for action in actions]
+    group.permissions.add(
+        *Permission.objects.filter(content_type__app_label=app_label, codename__in=wanted)
     )
+
+
+@transaction.atomic
+def make_instructor_staff(*, user: User) -> None:
+    """Let an instructor into the back office, where they see only the courses they teach."""
+    from django.contrib.auth.models import Group
+
+    grant_instructor_permissions("knowledge", INSTRUCTOR_PERMISSIONS)
+    group = Group.objects.get(name=INSTRUCTOR_GROUP)
     user.groups.add(group)
     if not user.is_staff:
         user.is_staff = True

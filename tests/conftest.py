@@ -3,6 +3,7 @@ default, DATABASE_URL otherwise) and the real embedding model."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -181,7 +182,12 @@ def start_cluster(
 
     yield start
     for process in started:
-        kill_group(process, signal.SIGTERM)
+        # SIGTERM to the main process only: it stops its workers itself. Sent to the whole
+        # group, the cluster hangs until it is killed.
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=20)
+        kill_group(process)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -86,7 +86,7 @@ def _sections(document: DocxDocument) -> list[Section]:
 def _heading_level(paragraph: Paragraph) -> int | None:
     name = paragraph.style.name if paragraph.style is not None else ""
     if name == "Title":
-        return 1
+        return 0  # above Heading 1, so the title stays at the head of every heading path
     if name.startswith("Heading "):
         suffix = name.removeprefix("Heading ").strip()
         return int(suffix) if suffix.isdigit() else None

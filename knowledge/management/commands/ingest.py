@@ -102,6 +102,8 @@ class Command(BaseCommand):
         elif options["wait"]:
             self._wait(ids, options["timeout"])
         if not (options["wait"] or options["sync"]):
+            if refused:
+                sys.exit(1)
             return
         documents = {doc.pk: doc for doc in Document.objects.filter(pk__in=ids)}
         for entry in entries:
