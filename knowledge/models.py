@@ -94,6 +94,13 @@ class Skill(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def prerequisites_unmet(self, learner: AbstractBaseUser | AnonymousUser) -> list[Skill]:
+        """Prerequisites whose mastery is under the course's threshold (none recorded counts)."""
+        met = self.prerequisites.filter(
+            masteries__learner_id=learner.pk, masteries__p_known__gte=self.course.advanced_from
+        )
+        return list(self.prerequisites.exclude(pk__in=met.values("pk")).order_by("name"))
+
     def tagging_text(self) -> str:
         """What a chunk is compared with to decide whether it teaches this skill."""
         return f"{self.name}: {self.description}" if self.description else self.name

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 if not os.environ.get("XDG_RUNTIME_DIR"):
     _runtime = Path(tempfile.gettempdir()) / f"tutor-runtime-{os.getuid()}"
     _runtime.mkdir(exist_ok=True, mode=0o700)
+    _runtime.chmod(0o700)  # platformdirs refuses a runtime folder others can read
     os.environ["XDG_RUNTIME_DIR"] = str(_runtime)
 
 

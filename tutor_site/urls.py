@@ -17,4 +17,5 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/", include("knowledge.urls")),
+    path("api/", include("learners.urls")),
 ]
