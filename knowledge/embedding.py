@@ -52,6 +52,11 @@ def get_model() -> SentenceTransformer:
     if not path.exists():
         raise RuntimeError(f"embedding model folder {path} does not exist")
     started = time.perf_counter()
+    import torch
+
+    # One thread by default: with two, a busy machine makes them wait for each other and a
+    # query embedding of ~10 ms takes hundreds.
+    torch.set_num_threads(settings.TUTOR_TORCH_THREADS)
     with _lock:
         model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
     logger.info("embedding model loaded from %s in %.2fs", path, time.perf_counter() - started)
@@ -80,6 +85,23 @@ def embed(texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
         show_progress_bar=False,
     )
     return np.asarray(vectors, dtype=np.float32)
+
+
+_cache: dict[str, np.ndarray] = {}
+_CACHE_LIMIT = 10_000
+
+
+def embed_cached(texts: Sequence[str]) -> np.ndarray:
+    """`embed`, remembering texts seen before (skill descriptions, asked for every document)."""
+    missing = [text for text in dict.fromkeys(texts) if text not in _cache]
+    if missing:
+        if len(_cache) + len(missing) > _CACHE_LIMIT:
+            _cache.clear()
+        for text, vector in zip(missing, embed(missing), strict=True):
+            _cache[text] = vector
+    if not texts:
+        return embed([])
+    return np.vstack([_cache[text] for text in texts])
 
 
 def embed_one(text: str) -> np.ndarray:

@@ -116,7 +116,10 @@ def _run(document: Document) -> None:
     _heartbeat(document.pk, chunks_total=len(drafts), chunks_done=len(done))
     todo = [draft for draft in drafts if draft.ordinal not in done]
     for batch in batched(todo, settings.TUTOR_EMBED_BATCH):
-        vectors = embedding.embed([_embedding_text(document, draft) for draft in batch])
+        vectors = embedding.embed(
+            [_embedding_text(document, draft) for draft in batch],
+            batch_size=settings.TUTOR_EMBED_ENCODE_BATCH,
+        )
         with transaction.atomic():
             Chunk.objects.bulk_create(
                 [

@@ -201,8 +201,11 @@ class Chunk(models.Model):
             HnswIndex(
                 name="chunk_embedding_hnsw",
                 fields=["embedding"],
-                m=16,
-                ef_construction=64,
+                # m=32 and ef_construction=200 rather than pgvector's 16 and 64: on a dense
+                # 100k-passage corpus (bench/retrieval.py) recall@10 goes from 0.81 to 0.96 at
+                # ef_search 400, for a build about 3x slower.
+                m=32,
+                ef_construction=200,
                 opclasses=["vector_cosine_ops"],
             ),
             GinIndex(fields=["search"], name="chunk_search_gin"),

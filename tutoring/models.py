@@ -1,1 +1,86 @@
-"""Conversations and messages arrive with the tutoring chat issue."""
+"""Conversations between a learner and the tutor, and their messages."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from knowledge.models import Course, Skill
+
+
+class Conversation(models.Model):
+    learner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="conversations")
+    # A resource link's `skill=` parameter (LTI) focuses the conversation on one skill.
+    focus_skill = models.ForeignKey(
+        Skill, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    title = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.pk}"
+
+    def group_name(self) -> str:
+        """The channel-layer group its messages stream to."""
+        return f"chat.{self.pk}"
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user", "Learner"
+        ASSISTANT = "assistant", "Tutor"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for the model"
+        STREAMING = "streaming", "Streaming"
+        COMPLETE = "complete", "Complete"
+        LENGTH = "length", "Cut at the length limit"
+        STOPPED = "stopped", "Stopped"
+        TIMEOUT = "timeout", "Timed out"
+        ERROR = "error", "Failed"
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    role = models.CharField(max_length=10, choices=Role.choices)
+    content = models.TextField(blank=True)
+    # The browser's id for a question: a resend is not a second question.
+    client_id = models.CharField(max_length=64, blank=True)
+    request_id = models.UUIDField(default=uuid.uuid4, unique=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.COMPLETE)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    mode = models.CharField(max_length=20, blank=True)
+    mode_reason = models.CharField(max_length=300, blank=True)
+    citations = models.JSONField(default=list, blank=True)
+    prompt_tokens = models.IntegerField(default=0)
+    completion_tokens = models.IntegerField(default=0)
+    ttft_ms = models.FloatField(null=True, blank=True)
+    total_ms = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation", "client_id"],
+                condition=~models.Q(client_id=""),
+                name="message_unique_client_id",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_role_display()}: {self.content[:60]}"
+
+    def is_finished(self) -> bool:
+        return self.status not in (self.Status.PENDING, self.Status.STREAMING)

@@ -60,7 +60,9 @@ def parse(data: bytes, *, limits: Limits) -> ParsedDocument:
         include_links=False,
         include_images=False,
         favor_recall=True,
-        deduplicate=True,
+        # trafilatura's de-duplication is process-wide: a long-running worker would drop
+        # paragraphs it has seen in earlier documents.
+        deduplicate=False,
     )
     has_headings = tree.xpath("boolean(//h1|//h2|//h3|//h4|//h5|//h6)")
     if not markdown or (has_headings and not re.search(r"^#{1,6} ", markdown, re.MULTILINE)):
