@@ -29,11 +29,16 @@ def taught_courses(user: AnyUser) -> QuerySet[Course]:
     return courses_for(user, Enrollment.Role.INSTRUCTOR)
 
 
-def get_course_for_member(user: AnyUser, slug: str) -> Course:
-    """The course, if the user takes or teaches it: 404 for an unknown slug, 403 otherwise."""
+def _course(slug: str) -> Course:
     course = Course.objects.filter(slug=slug).first()
     if course is None:
         raise Http404(f"no course {slug!r}")
+    return course
+
+
+def get_course_for_member(user: AnyUser, slug: str) -> Course:
+    """The course, if the user takes or teaches it: 404 for an unknown slug, 403 otherwise."""
+    course = _course(slug)
     if not course.has_member(user):
         raise PermissionDenied("you are not a member of this course")
     return course
@@ -41,9 +46,7 @@ def get_course_for_member(user: AnyUser, slug: str) -> Course:
 
 def get_course_for_instructor(user: AnyUser, slug: str) -> Course:
     """The course, if the user teaches it: 404 for an unknown slug, 403 otherwise."""
-    course = Course.objects.filter(slug=slug).first()
-    if course is None:
-        raise Http404(f"no course {slug!r}")
+    course = _course(slug)
     if not course.is_taught_by(user):
         raise PermissionDenied("only the course's instructors may do this")
     return course
