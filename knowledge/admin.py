@@ -167,6 +167,24 @@ class ChunkInline(admin.TabularInline):
         return False
 
 
+# What ingestion records about a document: shown, never edited.
+_DOCUMENT_FACTS = (
+    "course",
+    "original_filename",
+    "file",
+    "content_hash",
+    "size_bytes",
+    "status",
+    "error",
+    "chunks_done",
+    "chunks_total",
+    "uploaded_by",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+
+
 @admin.register(Document)
 class DocumentAdmin(CourseScopedAdmin):
     list_display = [
@@ -179,37 +197,8 @@ class DocumentAdmin(CourseScopedAdmin):
     ]
     list_filter = ["course", "status"]
     search_fields = ["title", "original_filename"]
-    readonly_fields = [
-        "course",
-        "original_filename",
-        "file",
-        "content_hash",
-        "size_bytes",
-        "status",
-        "error",
-        "chunks_done",
-        "chunks_total",
-        "uploaded_by",
-        "created_at",
-        "started_at",
-        "finished_at",
-    ]
-    fields = [
-        "title",
-        "course",
-        "original_filename",
-        "file",
-        "content_hash",
-        "size_bytes",
-        "status",
-        "error",
-        "chunks_done",
-        "chunks_total",
-        "uploaded_by",
-        "created_at",
-        "started_at",
-        "finished_at",
-    ]
+    readonly_fields = _DOCUMENT_FACTS
+    fields = ("title", *_DOCUMENT_FACTS)
     inlines = [ChunkInline]
     actions = ["reindex", "delete_documents"]
 

@@ -79,9 +79,10 @@ class CourseSerializer(serializers.ModelSerializer[Course]):
         fields = ["slug", "title", "description"]
 
 
-def _error(message: str, code: int) -> Response:
+def refuse(message: str, code: int, **extra: Any) -> Response:
+    """A refusal as JSON `{"error": ..., **extra}`, logged; the API's one shape for bad input."""
     logger.warning("API refused with %s: %s", code, message)
-    return Response({"error": message}, status=code)
+    return Response({"error": message, **extra}, status=code)
 
 
 @api_view(["GET"])
@@ -101,26 +102,26 @@ def course_documents(request: Request, slug: str) -> Response:
     course = get_course_for_instructor(request.user, slug)
     limit = settings.TUTOR_MAX_UPLOAD_BYTES
     if declared > limit + 1024 * 1024:
-        return _error(
+        return refuse(
             f"the upload of {declared:,} bytes is over the limit of {limit:,} bytes",
             413,
         )
     files: list[UploadedFile] = request.FILES.getlist("file")
     oversized = getattr(request._request, "oversized_files", [])
     if oversized:
-        return _error(
+        return refuse(
             f"over the upload limit of {limit:,} bytes: {', '.join(oversized)}",
             413,
         )
     if not files:
-        return _error("no file: send one or more files in the multipart field `file`", 400)
+        return refuse("no file: send one or more files in the multipart field `file`", 400)
     title = str(request.data.get("title", "")) if len(files) == 1 else ""
     results = []
     for upload in files:
         try:
             services.check_upload(filename=upload.name or "", size=upload.size or 0)
         except services.KnowledgeError as exc:
-            return _error(exc.message, exc.status)
+            return refuse(exc.message, exc.status)
     for upload in files:
         result = services.add_document(
             course=course,
@@ -154,7 +155,7 @@ def course_search(request: Request, slug: str) -> Response:
     try:
         hits = retrieval.search(course, query, k)
     except retrieval.SearchError as exc:
-        return _error(str(exc), 400)
+        return refuse(str(exc), 400)
     return Response(
         {"course": course.slug, "query": query, "k": k, "results": [hit.as_dict() for hit in hits]}
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, cast
 
 from django.contrib.auth.models import User
@@ -14,16 +13,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from knowledge.access import courses_for, get_course_for_instructor
+from knowledge.api import refuse
 from knowledge.models import Skill
 from learners import services
 from learners.models import Attempt, Item, Mastery, mode_for, params_for
 
-logger = logging.getLogger(__name__)
 
-
-def _refuse(message: str, code: int, **extra: Any) -> Response:
-    logger.warning("API refused with %s: %s", code, message)
-    return Response({"error": message, **extra}, status=code)
+def _invalid(errors: dict[str, Any]) -> Response:
+    """400 naming the first field a serializer refused."""
+    field, problems = next(iter(errors.items()))
+    return refuse(f"{field}: {' '.join(str(p) for p in problems)}", 400, field=field)
 
 
 class AttemptIn(serializers.Serializer[dict[str, Any]]):
@@ -42,17 +41,16 @@ def attempts(request: Request) -> Response:
     """Record a graded response of the calling learner; idempotent on `key`."""
     form = AttemptIn(data=request.data)
     if not form.is_valid():
-        field, problems = next(iter(form.errors.items()))
-        return _refuse(f"{field}: {' '.join(str(p) for p in problems)}", 400, field=field)
+        return _invalid(form.errors)
     data = form.validated_data
     skill = Skill.objects.select_related("course").filter(pk=data["skill"]).first()
     if skill is None:
-        return _refuse(f"unknown skill {data['skill']}", 400, field="skill")
+        return refuse(f"unknown skill {data['skill']}", 400, field="skill")
     item = None
     if data.get("item") is not None:
         item = Item.objects.filter(pk=data["item"], skill=skill).first()
         if item is None:
-            return _refuse(f"unknown item {data['item']} for this skill", 400, field="item")
+            return refuse(f"unknown item {data['item']} for this skill", 400, field="item")
     user = cast(User, request.user)
     if not skill.course.has_member(user):
         raise PermissionDenied("you are not a member of this skill's course")
@@ -66,7 +64,7 @@ def attempts(request: Request) -> Response:
             item=item,
         )
     except services.LearnerError as exc:
-        return _refuse(exc.message, exc.status, field=exc.field)
+        return refuse(exc.message, exc.status, field=exc.field)
     body = {
         "attempt": result.attempt.pk,
         "skill": skill.pk,
@@ -180,8 +178,7 @@ class ItemSerializer(serializers.ModelSerializer[Item]):
 def _item_response(serializer: ItemSerializer) -> Response | None:
     if serializer.is_valid():
         return None
-    field, problems = next(iter(serializer.errors.items()))
-    return _refuse(f"{field}: {' '.join(str(p) for p in problems)}", 400, field=field)
+    return _invalid(serializer.errors)
 
 
 @api_view(["GET", "POST"])

@@ -53,10 +53,11 @@ import math
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from learners import irt
+from learners import bkt, irt
 from learners.policy import MASTERY, Candidate, QPolicy, Transition, max_information
 
 Selector = Callable[[float, float, Collection[int | str], np.random.Generator], Candidate | None]
@@ -72,15 +73,15 @@ class TutorBKT:
     p_guess: float = 0.2
     p_slip: float = 0.1
 
+    @cached_property
+    def params(self) -> bkt.BKTParams:
+        return bkt.BKTParams(
+            p_l0=self.p_init, p_t=self.p_transit, p_g=self.p_guess, p_s=self.p_slip
+        )
+
     def update(self, p: float, correct: bool) -> float:
-        """p(L) after one answer: the posterior given the answer, then the chance to learn."""
-        if correct:
-            known = p * (1 - self.p_slip)
-            posterior = known / (known + (1 - p) * self.p_guess)
-        else:
-            known = p * self.p_slip
-            posterior = known / (known + (1 - p) * (1 - self.p_guess))
-        return posterior + (1 - posterior) * self.p_transit
+        """p(L) after one answer: the live system's BKT update (`learners.bkt.update`)."""
+        return bkt.update(p, correct, self.params)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -70,7 +71,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.group = found.group_name()
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        after = _int(self.scope.get("query_string", b"").decode(), "after")
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        raw_after = query.get("after", ["0"])[0]
+        after = int(raw_after) if raw_after.isdigit() else 0
         await self.send_json({"type": "history", "messages": await self._history(after)})
 
     async def disconnect(self, code: int) -> None:
@@ -200,11 +203,3 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except ValueError:
             count = 1
         return count <= settings.TUTOR_QUESTIONS_PER_MINUTE
-
-
-def _int(query: str, name: str) -> int:
-    for part in query.split("&"):
-        key, _, value = part.partition("=")
-        if key == name and value.isdigit():
-            return int(value)
-    return 0

@@ -18,6 +18,7 @@ from knowledge.models import Course, Skill
 from learners.models import Mode, mode_for
 from learners.services import mastery_of
 from tutoring import llm, prompts
+from tutoring.inference import INFERENCE_CHANNEL
 from tutoring.models import Conversation, Message
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-INFERENCE_CHANNEL = "tutor.inference"
 PASSAGES = 4
 MAX_QUESTION_CHARS = 2000
 
