@@ -63,6 +63,15 @@ def get_model() -> SentenceTransformer:
     return model
 
 
+def warm_up() -> None:
+    """Load the model and embed one text, so the first real query does not wait (the web
+    server calls this in a background thread at start)."""
+    try:
+        embed_one("warm up")
+    except Exception:
+        logger.warning("could not warm up the embedding model", exc_info=True)
+
+
 def is_loaded() -> bool:
     return get_model.cache_info().currsize > 0
 

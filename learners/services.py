@@ -297,6 +297,27 @@ def next_item(*, learner: User, skill: Skill) -> Item | None:
     return items[int(chosen.id)] if chosen is not None else None
 
 
+def add_generated_item(*, skill: Skill, stem: str, choices: list[str], answer: str) -> Item:
+    """A multiple-choice item made from the course material, stored as a draft for an
+    instructor to approve (the same stem again returns the one already made)."""
+    item, created = Item.objects.get_or_create(
+        course=skill.course,
+        skill=skill,
+        stem=stem,
+        defaults={
+            "choices": choices,
+            "answer": answer,
+            "kind": Item.Kind.MULTIPLE_CHOICE,
+            "status": Item.Status.DRAFT,
+            "source": Item.Source.GENERATED,
+        },
+    )
+    if created:
+        item.full_clean()
+        logger.info("generated draft item %s for skill %s", item.pk, skill.pk)
+    return item
+
+
 def calibrate_items(*, course: Course, min_responses: int = 200) -> int:
     """Re-estimate the 2PL parameters of the course's items from logged answers.
 

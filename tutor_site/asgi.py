@@ -4,6 +4,7 @@ checked against ALLOWED_HOSTS)."""
 from __future__ import annotations
 
 import os
+import threading
 
 from django.core.asgi import get_asgi_application
 
@@ -15,7 +16,11 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set u
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from knowledge import embedding  # noqa: E402
 from tutoring.routing import websocket_urlpatterns  # noqa: E402
+
+# Load the embedding model in the background now, so the first question does not wait for it.
+threading.Thread(target=embedding.warm_up, name="embedding-warm-up", daemon=True).start()
 
 application = ProtocolTypeRouter(
     {

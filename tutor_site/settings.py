@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from tutor_site import pgserver
 from tutor_site.env import env_bool, env_float, env_int, env_list, env_str
@@ -253,11 +255,23 @@ TUTOR_LLM_TEMPERATURE = env_float("TUTOR_LLM_TEMPERATURE", 0.0)
 # An answer's limits: tokens, and seconds of generation.
 TUTOR_ANSWER_TOKENS = env_int("TUTOR_ANSWER_TOKENS", 320, minimum=16)
 TUTOR_ANSWER_SECONDS = env_float("TUTOR_ANSWER_SECONDS", 60.0)
+# The most tokens a prompt may take (system, passages, history, question): the model reads the
+# whole prompt before its first word, at some 100-300 tokens/s on a CPU. Raise it on a GPU.
+TUTOR_PROMPT_TOKENS = env_int("TUTOR_PROMPT_TOKENS", 1024, minimum=256)
 # The chat socket: largest frame, questions per learner per minute, and how long the consumer
 # waits for a word from a worker before telling the student the answer failed.
 TUTOR_WS_MAX_FRAME = env_int("TUTOR_WS_MAX_FRAME", 16 * 1024, minimum=256)
 TUTOR_QUESTIONS_PER_MINUTE = env_int("TUTOR_QUESTIONS_PER_MINUTE", 12, minimum=1)
 TUTOR_WORKER_SILENCE_SECONDS = env_float("TUTOR_WORKER_SILENCE_SECONDS", 30.0)
+# ... and how long a question may wait for a free worker before the student is told.
+TUTOR_WORKER_START_SECONDS = env_float("TUTOR_WORKER_START_SECONDS", 90.0)
+# The named channel of the channel layer that the app sends generation requests to and the
+# inference workers read (several deployments may share one channel layer with their own).
+TUTOR_INFERENCE_CHANNEL = env_str("TUTOR_INFERENCE_CHANNEL", "tutor.inference")
+if not re.fullmatch(r"[A-Za-z0-9_.-]{1,90}", TUTOR_INFERENCE_CHANNEL):
+    raise ImproperlyConfigured(
+        f"TUTOR_INFERENCE_CHANNEL={TUTOR_INFERENCE_CHANNEL!r}: use letters, digits, '_', '.', '-'"
+    )
 # How the inference worker hands results back to the app (dotted paths; empty: none).
 TUTOR_INFERENCE_ON_FINISH = env_str("TUTOR_INFERENCE_ON_FINISH", "tutoring.hooks.save_answer")
 TUTOR_INFERENCE_IS_CANCELLED = env_str(

@@ -18,4 +18,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("knowledge.urls")),
     path("api/", include("learners.urls")),
+    path("api/", include("tutoring.api_urls")),
+    path("", include("tutoring.urls")),
 ]

@@ -9,12 +9,21 @@ A request arrives on the named channel `tutor.inference` (each message goes to o
      "messages": [{"role": "system" | "user" | "assistant", "content": str}, ...],
      "max_tokens": int, "temperature": float, "time_limit": float, "reply_channel": str | None}
 
-The worker sends to the group `group`, while tokens flow, a frame at least every 50 ms (several
-tokens joined: never one group message per token)::
+The worker sends to the group `group`, once it has taken the request::
+
+    {"type": "chat.started", "request_id": str}
+
+then, while tokens flow, a frame at least every 50 ms (several tokens joined: never one group
+message per token)::
 
     {"type": "chat.token", "request_id": str, "text": str}
 
-and then exactly one (also to `reply_channel` when given, for a synchronous caller)::
+and, while no token comes (a long prompt being read), every 5 s::
+
+    {"type": "chat.alive", "request_id": str}
+
+and then exactly one (also to `reply_channel` when given, for a synchronous caller; with a
+reply channel the group may be empty, and then no token frames are sent)::
 
     {"type": "chat.done", "request_id": str, "message_id": int | None,
      "status": "complete" | "stopped" | "error" | "length" | "timeout", "error": str | None,
@@ -60,7 +69,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-INFERENCE_CHANNEL = "tutor.inference"
+# The default channel (TUTOR_INFERENCE_CHANNEL, "tutor.inference" unless set).
+INFERENCE_CHANNEL: str = getattr(settings, "TUTOR_INFERENCE_CHANNEL", "tutor.inference")
 
 COMPLETE = "complete"
 STOPPED = "stopped"
@@ -79,6 +89,8 @@ DEFAULT_TIME_LIMIT = 120.0
 FRAME_SECONDS = 0.04
 TICK_SECONDS = 0.01
 CANCEL_CHECK_SECONDS = 0.1
+# A worker with no token to send for this long sends chat.alive instead.
+ALIVE_SECONDS = 5.0
 # A receiver that is not served (see Worker._receive) asks again this often.
 RECEIVE_RETRY_SECONDS = 2.0
 # A request id is claimed for this long: past the layers' message expiry (60 s by default), after
@@ -131,9 +143,10 @@ class Request:
         request_id = payload.get("request_id")
         if not isinstance(request_id, str) or not request_id:
             raise RequestError("request_id must be a non-empty string")
-        group = payload.get("group")
-        if not isinstance(group, str) or not group:
-            raise RequestError("group must be a non-empty string")
+        group = payload.get("group") or ""
+        reply_channel = _optional(payload, "reply_channel", str)
+        if not isinstance(group, str) or not (group or reply_channel):
+            raise RequestError("group must be a non-empty string (or give a reply_channel)")
         return cls(
             request_id=request_id,
             group=group,
@@ -143,7 +156,7 @@ class Request:
             ),
             temperature=_number(payload, "temperature", DEFAULT_TEMPERATURE, float, low=0.0),
             time_limit=_number(payload, "time_limit", DEFAULT_TIME_LIMIT, float, low=0.001),
-            reply_channel=_optional(payload, "reply_channel", str),
+            reply_channel=reply_channel,
             message_id=_optional(payload, "message_id", int),
         )
 
@@ -583,6 +596,7 @@ class Worker:
             finished = generation.finished(request_id, message_id)
         else:
             group, reply_channel = request.group, request.reply_channel
+            await self._send(group, None, {"type": "chat.started", "request_id": request_id})
             finished = await self._generate(request, started)
         self.served += 1
         await self._finish(finished, group, reply_channel)
@@ -609,6 +623,7 @@ class Worker:
     ) -> None:
         """Forward tokens in frames while the thread generates; check for a stop meanwhile."""
         last_frame = -math.inf
+        last_sign = time.monotonic()
         next_check = time.monotonic() + CANCEL_CHECK_SECONDS
         checking: asyncio.Task[bool] | None = None
         try:
@@ -616,13 +631,19 @@ class Worker:
                 ended = thread.done()
                 now = time.monotonic()
                 if generation.has_pending() and (ended or now - last_frame >= FRAME_SECONDS):
-                    last_frame = now
+                    last_frame = last_sign = now
                     frame = {
                         "type": "chat.token",
                         "request_id": request.request_id,
                         "text": generation.take_pending(),
                     }
                     await self._send(request.group, None, frame)
+                elif not ended and now - last_sign >= ALIVE_SECONDS:
+                    # Reading a long prompt on a busy CPU can take many seconds without a
+                    # token: say that this worker is alive, so it is not taken for dead.
+                    last_sign = now
+                    alive = {"type": "chat.alive", "request_id": request.request_id}
+                    await self._send(request.group, None, alive)
                 if ended:
                     break
                 if now >= generation.deadline:

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import models
 
 from knowledge.models import Course, Skill
+from learners.models import Item
 
 
 class Conversation(models.Model):
@@ -59,6 +60,11 @@ class Message(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.COMPLETE)
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # The skill the answer teaches (the conversation's focus, else the best passage's first
+    # skill): the skill of the check question offered after it.
+    skill = models.ForeignKey(
+        Skill, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     mode = models.CharField(max_length=20, blank=True)
     mode_reason = models.CharField(max_length=300, blank=True)
     citations = models.JSONField(default=list, blank=True)
@@ -84,3 +90,35 @@ class Message(models.Model):
 
     def is_finished(self) -> bool:
         return self.status not in (self.Status.PENDING, self.Status.STREAMING)
+
+
+class Check(models.Model):
+    """A check question offered after an answer, and the learner's graded response to it."""
+
+    class Status(models.TextChoices):
+        OFFERED = "offered", "Offered"
+        GRADING = "grading", "Being graded"
+        GRADED = "graded", "Graded"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="checks")
+    # The answer it follows: one check per answer, whatever the number of open tabs.
+    after = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="check_question")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="checks")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OFFERED)
+    response = models.TextField(blank=True)
+    correct = models.BooleanField(null=True, blank=True)
+    reason = models.CharField(max_length=300, blank=True)
+    # "exact" (a choice), "model" (the LLM's verdict) or "words" (the answer's words settled it).
+    graded_by = models.CharField(max_length=10, blank=True)
+    # The mastery of the item's skill before and after the graded response.
+    p_before = models.FloatField(null=True, blank=True)
+    p_after = models.FloatField(null=True, blank=True)
+    grading_request = models.UUIDField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    graded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"Check {self.pk} on {self.item}"

@@ -4,22 +4,25 @@ by mastery, build the prompt, and hand it to an inference worker over the channe
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from knowledge import retrieval
-from knowledge.models import Course, Skill
-from learners.models import Mode, mode_for
-from learners.services import mastery_of
-from tutoring import llm, prompts
+from knowledge.models import Chunk, Course, Skill
+from learners.models import Attempt, Item, Mode, mode_for
+from learners.services import add_generated_item, mastery_of, next_item, record_attempt
+from tutoring import checks, llm, prompts
 from tutoring.inference import INFERENCE_CHANNEL
-from tutoring.models import Conversation, Message
+from tutoring.models import Check, Conversation, Message
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -40,6 +43,8 @@ class Pitch:
     reason: str
     masteries: dict[str, float]
     unmet_prerequisites: list[str]
+    # The skill the answer teaches: the focus, else the weakest skill of the best passage.
+    skill: Skill | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,23 @@ class Asked:
     question: Message
     answer: Message
     created: bool  # False when the client id had been seen: nothing new was asked
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.pk,
+        "role": message.role,
+        "content": message.content,
+        "status": message.status,
+        "error": message.error,
+        "mode": message.mode,
+        "mode_reason": message.mode_reason,
+        "citations": message.citations,
+        "skill_id": message.skill_id,
+        "client_id": message.client_id,
+        "ttft_ms": message.ttft_ms,
+        "total_ms": message.total_ms,
+    }
 
 
 def start_conversation(
@@ -71,7 +93,11 @@ def pitch(
     weakest = min(masteries.values())
     mode = mode_for(weakest, course)
     unmet = sorted({p.name for skill in skills for p in skill.prerequisites_unmet(learner)})
-    return Pitch(mode, prompts.mode_explanation(mode, masteries), masteries, unmet)
+    taught = focus
+    if taught is None and hits:
+        best = [skill for skill in skills if skill.name in hits[0].skills]
+        taught = min(best, key=lambda skill: (masteries[skill.name], skill.name), default=None)
+    return Pitch(mode, prompts.mode_explanation(mode, masteries), masteries, unmet, taught)
 
 
 def ask(*, conversation: Conversation, question: str, client_id: str = "") -> Asked:
@@ -107,7 +133,11 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
         course_title=course.title,
         unmet_prerequisites=chosen.unmet_prerequisites,
         count_tokens=_token_counter(),
-        context_tokens=settings.TUTOR_LLM_CONTEXT,
+        # The prompt's own budget: on a CPU the model reads a prompt at some 100-300 tokens a
+        # second, so a long one delays the first word by seconds (TUTOR_PROMPT_TOKENS).
+        context_tokens=min(
+            settings.TUTOR_LLM_CONTEXT, settings.TUTOR_PROMPT_TOKENS + settings.TUTOR_ANSWER_TOKENS
+        ),
         reserve_for_answer=settings.TUTOR_ANSWER_TOKENS,
     )
     # Only the passages that fit the prompt can be cited; their numbers are kept.
@@ -142,6 +172,7 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
                 role=Message.Role.ASSISTANT,
                 status=Message.Status.PENDING,
                 mode=chosen.mode,
+                skill=chosen.skill,
                 mode_reason=chosen.reason[:300],
                 citations=citations,
                 prompt_tokens=built.prompt_tokens,
@@ -171,6 +202,35 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
     return Asked(user_message, answer, created=True)
 
 
+def allow_question(learner_id: int) -> bool:
+    """A per-learner rate limit on questions (a fixed one-minute window), shared by the chat
+    and the API."""
+    key = f"tutor:ask-rate:{learner_id}:{int(time.time() // 60)}"
+    cache.add(key, 0, timeout=120)
+    try:
+        count = cache.incr(key)
+    except ValueError:
+        count = 1
+    return count <= settings.TUTOR_QUESTIONS_PER_MINUTE
+
+
+def wait_for_answer(answer: Message, timeout: float, poll: float = 0.1) -> Message:
+    """The answer once a worker has saved it; marked failed when none did within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer.refresh_from_db()
+        if answer.is_finished():
+            return answer
+        if time.monotonic() >= deadline:
+            fail_if_unfinished(
+                message_id=answer.pk,
+                reason="the tutor's language model did not answer in time; please ask again",
+            )
+            answer.refresh_from_db()
+            return answer
+        time.sleep(poll)
+
+
 def send_to_worker(request: dict[str, Any]) -> None:
     layer = get_channel_layer()
     assert layer is not None
@@ -198,3 +258,175 @@ def _token_counter() -> prompts.TokenCounter:
     if path is None:
         raise TutoringError("no language model is installed")
     return prompts.gguf_token_counter(str(path))
+
+
+# ---------------------------------------------------------------- check questions
+
+
+def offer_check(*, answer: Message) -> Check | None:
+    """The check question after this answer (the same one for every tab), or None.
+
+    None when the answer did not finish well or teaches no skill, or when the skill has no
+    approved item and none can be made from the passage it cited.
+    """
+    existing = Check.objects.select_related("item__skill").filter(after=answer).first()
+    if existing is not None:
+        return existing
+    if answer.role != Message.Role.ASSISTANT or answer.status not in (
+        Message.Status.COMPLETE,
+        Message.Status.LENGTH,
+    ):
+        return None
+    if answer.skill_id is None:
+        return None
+    skill = answer.skill
+    assert skill is not None
+    learner = answer.conversation.learner
+    item = next_item(learner=learner, skill=skill) or _generated_item(
+        skill=skill, citations=answer.citations
+    )
+    if item is None:
+        return None
+    with transaction.atomic():
+        check, _ = Check.objects.get_or_create(
+            after=answer, defaults={"conversation": answer.conversation, "item": item}
+        )
+    return Check.objects.select_related("item__skill").get(pk=check.pk)
+
+
+def _generated_item(*, skill: Skill, citations: list[dict[str, Any]]) -> Item | None:
+    """A draft completion item from the first cited passage that yields one (reused if made)."""
+    for citation in citations:
+        chunk_id = citation.get("chunk")
+        if not isinstance(chunk_id, int):
+            continue
+        chunk = Chunk.objects.filter(pk=chunk_id).first()
+        if chunk is None:
+            continue
+        made = checks.make_completion(chunk.text, _course_terms(skill, chunk.pk))
+        if made is None:
+            continue
+        sentence, term, distractors = made
+        where = citation.get("filename") or citation.get("document") or "the course material"
+        if citation.get("locator"):
+            where = f"{where}, {citation['locator']}"
+        stem = f"Complete the sentence from your course material ({where}):\n\n“{sentence}”"
+        choices = checks.shuffled([term, *distractors], key=sentence)
+        return add_generated_item(skill=skill, stem=stem, choices=choices, answer=term)
+    return None
+
+
+def _course_terms(skill: Skill, exclude_chunk: int) -> list[str]:
+    """Candidate distractors: quantities and long content words of the skill's other passages
+    (the course's, when the skill has few)."""
+    chunks = list(
+        Chunk.objects.filter(skills=skill)
+        .exclude(pk=exclude_chunk)
+        .values_list("text", flat=True)[:40]
+    )
+    if len(chunks) < 3:
+        chunks += list(
+            Chunk.objects.filter(document__course_id=skill.course_id)
+            .exclude(pk=exclude_chunk)
+            .values_list("text", flat=True)[:40]
+        )
+    return [term for text in chunks for term in checks.terms_of(text)]
+
+
+def start_check_response(*, check: Check, learner: User, response: str) -> Check:
+    """Take the learner's response: the check moves from offered to grading exactly once."""
+    response = response.strip()
+    if check.conversation.learner_id != learner.pk:
+        raise checks.CheckError("this check question belongs to another learner")
+    if check.status != Check.Status.OFFERED:
+        raise checks.CheckError("this check question has been answered already")
+    if not response:
+        raise checks.CheckError("write an answer first")
+    if len(response) > checks.MAX_RESPONSE_CHARS:
+        raise checks.CheckError(f"the answer is longer than {checks.MAX_RESPONSE_CHARS} characters")
+    if check.item.kind == Item.Kind.MULTIPLE_CHOICE:
+        checks.grade_choice(check.item, response)  # refuses a response that is not a choice
+    taken = Check.objects.filter(pk=check.pk, status=Check.Status.OFFERED).update(
+        status=Check.Status.GRADING, response=response
+    )
+    if not taken:
+        raise checks.CheckError("this check question has been answered already")
+    return Check.objects.select_related("item__skill", "conversation__learner").get(pk=check.pk)
+
+
+def settle_short_answer(check: Check) -> tuple[checks.Grade | None, float]:
+    """The bounds' verdict on a short answer (None: the model decides) and the similarity of the
+    response to the expected answer (the local embedding model)."""
+    from knowledge import embedding
+
+    vectors = embedding.embed([check.item.answer, check.response])
+    similarity = float(
+        np.dot(vectors[0], vectors[1])
+        / (float(np.linalg.norm(vectors[0]) * np.linalg.norm(vectors[1])) or 1.0)
+    )
+    return checks.settle(check.item.answer, check.response, similarity), similarity
+
+
+def finish_check(*, check: Check, grade: checks.Grade) -> Check:
+    """Record the graded response in the learner model and on the check (idempotent)."""
+    if check.status == Check.Status.GRADED:
+        return check
+    item = check.item
+    result = record_attempt(
+        learner=check.conversation.learner,
+        skill=item.skill,
+        correct=grade.correct,
+        source=Attempt.Source.CHAT,
+        key=f"check:{check.pk}",
+        item=item,
+    )
+    Check.objects.filter(pk=check.pk).exclude(status=Check.Status.GRADED).update(
+        status=Check.Status.GRADED,
+        correct=grade.correct,
+        reason=grade.reason[:300],
+        graded_by=grade.by,
+        p_before=result.attempt.p_before,
+        p_after=result.p_known,
+        graded_at=timezone.now(),
+    )
+    check = Check.objects.select_related("item__skill", "conversation__learner").get(pk=check.pk)
+    logger.info(
+        "check %s graded %s by %s: p(L) %.3f -> %.3f",
+        check.pk,
+        "right" if grade.correct else "wrong",
+        grade.by,
+        check.p_before or 0.0,
+        check.p_after or 0.0,
+    )
+    return check
+
+
+def check_json(check: Check) -> dict[str, Any]:
+    item = check.item
+    graded = check.status == Check.Status.GRADED
+    learner = check.conversation.learner
+    return {
+        "id": check.pk,
+        "after": check.after_id,
+        "status": check.status,
+        "stem": item.stem,
+        "kind": item.kind,
+        "choices": item.choices,
+        "skill": item.skill.name,
+        "skill_id": item.skill_id,
+        "generated": item.source == Item.Source.GENERATED,
+        "response": check.response,
+        "correct": check.correct,
+        "reason": check.reason,
+        "graded_by": check.graded_by,
+        # The expected answer only once graded.
+        "answer": item.answer if graded else None,
+        "p_before": check.p_before,
+        "p_after": check.p_after,
+        "mastery": round(
+            check.p_after
+            if graded and check.p_after is not None
+            else mastery_of(learner, item.skill),
+            4,
+        ),
+    }

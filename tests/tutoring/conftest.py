@@ -174,6 +174,7 @@ class Answer:
     frames: list[tuple[float, str]] = field(default_factory=list)
     done: dict[str, Any] | None = None
     done_at: float | None = None
+    started_at: float | None = None
     replies: list[dict[str, Any]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -263,6 +264,9 @@ class Caller:
                 continue
             if reply:
                 answer.replies.append(message)
+            elif message["type"] == "chat.started":
+                assert not answer.frames and answer.done is None, "chat.started comes first"
+                answer.started_at = now
             elif message["type"] == "chat.token":
                 assert answer.done is None, "a frame after chat.done"
                 answer.frames.append((now, message["text"]))

@@ -89,6 +89,7 @@ def test_it_streams_tokens_then_one_done_and_saves(shared_worker: tuple[Worker, 
     answer, done = run(scenario())
     report("first request", done, len(answer.frames))
     assert len(answer.frames) >= 2
+    assert answer.started_at is not None and answer.started_at <= answer.frames[0][0]
     assert answer.text == done["text"]
     assert done["text"].strip()
     assert done["status"] in ("complete", "length")

@@ -35,6 +35,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         course = self._course_and_people()
         self._skills(course)
+        items = self._items(course)
         queued = 0
         for path in sorted((DEMO_DIR / "documents").iterdir()):
             if path.name.startswith("."):
@@ -46,7 +47,8 @@ class Command(BaseCommand):
             queued += int(result.created)
         total = course.documents.count()
         self.stdout.write(
-            f"demo course {SLUG!r}: {course.skills.count()} skills, {total} documents "
+            f"demo course {SLUG!r}: {course.skills.count()} skills, {items} check questions, "
+            f"{total} documents "
             f"({queued} newly queued for ingestion), users "
             + ", ".join(username for username, *_ in USERS)
             + f" (password {PASSWORD!r})"
@@ -83,3 +85,27 @@ class Command(BaseCommand):
             skills[entry["name"]].prerequisites.set(
                 [skills[name] for name in entry.get("prerequisites", [])]
             )
+
+    @transaction.atomic
+    def _items(self, course: Course) -> int:
+        """The approved check-question bank (knowledge/demo/items.json), refreshed by stem."""
+        from learners.models import Item
+
+        skills = {skill.name: skill for skill in course.skills.all()}
+        entries = json.loads((DEMO_DIR / "items.json").read_text())
+        for entry in entries:
+            item, _ = Item.objects.update_or_create(
+                course=course,
+                skill=skills[entry["skill"]],
+                stem=entry["stem"],
+                defaults={
+                    "kind": entry["kind"],
+                    "choices": entry["choices"],
+                    "answer": entry["answer"],
+                    "irt_b": float(entry.get("difficulty", 0.0)),
+                    "status": Item.Status.APPROVED,
+                    "source": Item.Source.INSTRUCTOR,
+                },
+            )
+            item.full_clean()
+        return len(entries)
