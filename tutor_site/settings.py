@@ -53,6 +53,8 @@ INSTALLED_APPS = [
     "knowledge",
     "learners",
     "tutoring",
+    # django-lti before ours: lti/admin.py replaces its registration admin.
+    "lti_tool",
     "lti",
 ]
 
@@ -65,6 +67,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so it sees responses first: lets Moodle frame the pages an LTI launch opens.
+    "lti.middleware.FramingMiddleware",
 ]
 
 ROOT_URLCONF = "tutor_site.urls"
@@ -150,6 +154,9 @@ else:
         "default": {
             "BACKEND": "django.core.cache.backends.db.DatabaseCache",
             "LOCATION": "tutor_cache",
+            # pylti1p3 keeps each launch's state, nonce and claims here for a day; the default
+            # 300 entries would cull live launches at random.
+            "OPTIONS": {"MAX_ENTRIES": env_int("TUTOR_CACHE_MAX_ENTRIES", 200_000, minimum=1000)},
         }
     }
 
@@ -198,6 +205,35 @@ REST_FRAMEWORK = {
     ],
     "EXCEPTION_HANDLER": "knowledge.api.exception_handler",
 }
+
+# --- Moodle (LTI 1.3) ----------------------------------------------------------------------------
+
+# Inside Moodle's iframe the session and CSRF cookies are cross-site: browsers send them only
+# when they are `SameSite=None; Secure`, so production (HTTPS) turns this on. Off, the local
+# http server keeps working.
+TUTOR_SECURE_COOKIES = env_bool("TUTOR_SECURE_COOKIES", False)
+if TUTOR_SECURE_COOKIES:
+    SESSION_COOKIE_SECURE = True
+    SESSION_COOKIE_SAMESITE = "None"
+    CSRF_COOKIE_SECURE = True
+    CSRF_COOKIE_SAMESITE = "None"
+# Behind a proxy that ends TLS: trust its X-Forwarded-Proto, so requests count as secure and
+# pylti1p3 sets its state cookie `SameSite=None; Secure` too.
+if env_bool("TUTOR_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Clock skew allowed on a platform's id_token (exp, iat), and how old its iat may be.
+TUTOR_LTI_CLOCK_LEEWAY = env_int("TUTOR_LTI_CLOCK_LEEWAY", 60, minimum=0)
+TUTOR_LTI_MAX_TOKEN_AGE = env_int("TUTOR_LTI_MAX_TOKEN_AGE", 600, minimum=10)
+# A platform's public keys are cached this long; an unknown key id refetches them, at most
+# once per TUTOR_LTI_JWKS_REFETCH_SECONDS.
+TUTOR_LTI_JWKS_CACHE_SECONDS = env_int("TUTOR_LTI_JWKS_CACHE_SECONDS", 3600, minimum=0)
+TUTOR_LTI_JWKS_REFETCH_SECONDS = env_int("TUTOR_LTI_JWKS_REFETCH_SECONDS", 60, minimum=1)
+# Seconds to wait for the platform (keys, tokens, grades, rosters).
+TUTOR_LTI_HTTP_TIMEOUT = env_float("TUTOR_LTI_HTTP_TIMEOUT", 10.0)
+# After a key rotation the old key stays published this many days, then is retired.
+TUTOR_LTI_KEY_GRACE_DAYS = env_int("TUTOR_LTI_KEY_GRACE_DAYS", 7, minimum=0)
+# A grade the platform refused is retried with growing delays, at most this many times.
+TUTOR_LTI_SCORE_MAX_FAILURES = env_int("TUTOR_LTI_SCORE_MAX_FAILURES", 8, minimum=1)
 
 # --- Static and uploaded files -----------------------------------------------------------------
 

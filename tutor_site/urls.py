@@ -16,6 +16,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    path("lti/", include("lti.urls")),
     path("api/", include("knowledge.urls")),
     path("api/", include("learners.urls")),
     path("api/", include("tutoring.api_urls")),
