@@ -61,6 +61,7 @@ stop:
 bench: db
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/chat.py
 
 demo-documents: install
 	$(BIN)/python knowledge/demo/build_documents.py
