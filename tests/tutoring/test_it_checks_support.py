@@ -1,0 +1,124 @@
+"""The support check on hand-made cases, with the real embedding model: what the course
+material says is told apart from what it doesn't."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from knowledge import embedding
+from tutoring import support
+
+PASSAGES = [
+    "Every technician who works on the machine applies their own padlock to the isolator. "
+    "A lock is removed only by the person who applied it. Never remove another technician's "
+    "lock, even when they have gone home.",
+    "Tighten the coupling bolts to 45 N·m in a star pattern. Check the alignment again after "
+    "8 hours of running.",
+    "A centrifugal pump must be primed: its casing is filled with liquid before start-up, "
+    "because the impeller cannot move air.",
+]
+
+
+def _judge(sentence: str) -> support.Judged:
+    judged = support.check(sentence, PASSAGES, embedding.embed)
+    assert len(judged) == 1
+    return judged[0]
+
+
+@pytest.mark.parametrize(
+    ("sentence", "supported", "why"),
+    [
+        # copied from a passage, with its citation
+        ("Every technician who works on the machine applies their own padlock [1].", True, ""),
+        # a faithful paraphrase
+        (
+            "The pump casing has to be full of liquid before you start it, since the impeller "
+            "can't move air.",
+            True,
+            "",
+        ),
+        ("Bolts on the coupling are tightened crosswise to 45 N·m.", True, ""),
+        # a contradicted statement (the passage says never)
+        ("Remove the lock of a colleague who went home.", False, "negation"),
+        # an invented number
+        ("Tighten the coupling bolts to 60 N·m.", False, "figure"),
+        ("Check the alignment again after 24 hours of running.", False, "figure"),
+        # unrelated claims
+        ("Grease the bearings every week with lithium grease.", False, ""),
+        ("The supervisor can cut off a lock at any time.", False, ""),
+    ],
+)
+def test_it_judges_each_kind_of_sentence(sentence: str, supported: bool, why: str) -> None:
+    judged = _judge(sentence)
+    assert judged.supported is supported, judged
+    if why == "negation":
+        assert judged.negation_flipped
+    if why == "figure":
+        assert judged.missing_figures
+    if supported:
+        assert judged.score >= support.THRESHOLD
+
+
+def test_it_splits_an_answer_into_sentences_and_skips_empty_ones() -> None:
+    answer = (
+        "**Priming.** The casing is filled with liquid before start-up [3].\n\n"
+        "- Tighten the coupling bolts to 45 N·m.\n1. Then pumps fly to the moon.\n[2]"
+    )
+    judged = support.check(answer, PASSAGES, embedding.embed)
+    assert [j.sentence for j in judged] == [
+        "Priming.",
+        "The casing is filled with liquid before start-up [3].",
+        "Tighten the coupling bolts to 45 N·m.",
+        "Then pumps fly to the moon.",
+    ]
+    assert [j.supported for j in judged][1:] == [True, True, False]
+    assert support.check("", PASSAGES, embedding.embed) == []
+    assert not support.check("Pumps move liquid.", [], embedding.embed)[0].supported
+
+
+def test_figures_keep_their_units() -> None:
+    assert support.figures("Tighten to 45 N·m, then wait 8 hours at 3.5 bar or 50 %.") == {
+        "45 n·m",
+        "8 hour",
+        "3.5 bar",
+        "50 %",
+    }
+    assert support.figures("Step 2 of the 4 steps") == {"2", "4 step"}
+
+
+def test_the_command_prints_one_json_line_per_sentence(tmp_path: Path) -> None:
+    passages = tmp_path / "passages.txt"
+    passages.write_text("\n\n".join(PASSAGES))
+    answer = tmp_path / "answer.txt"
+    answer.write_text("Tighten the coupling bolts to 45 N·m. Tighten them to 90 N·m.")
+    out = StringIO()
+    call_command("support_check", str(passages), str(answer), stdout=out)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line["sentence"], line["supported"]) for line in lines] == [
+        ("Tighten the coupling bolts to 45 N·m.", True),
+        ("Tighten them to 90 N·m.", False),
+    ]
+    assert all(0.0 <= line["score"] <= 1.0 for line in lines)
+    # The command runs exactly the chat's check.
+    expected = support.check(answer.read_text(), PASSAGES, embedding.embed)
+    assert [line["score"] for line in lines] == [j.score for j in expected]
+
+
+def test_the_command_refuses_unreadable_or_empty_input(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n  \n")
+    answer = tmp_path / "answer.txt"
+    answer.write_text("Anything.")
+    with pytest.raises(CommandError, match="no passage"):
+        call_command("support_check", str(empty), str(answer))
+    with pytest.raises(CommandError, match="cannot read"):
+        call_command("support_check", str(tmp_path / "missing.txt"), str(answer))
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(CommandError, match="cannot read"):
+        call_command("support_check", str(binary), str(answer))
