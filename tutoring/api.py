@@ -31,6 +31,8 @@ def answer_json(conversation: Conversation, question: Message, answer: Message) 
     return {
         "conversation": conversation.pk,
         "question": {"id": question.pk, "text": question.content},
+        # "From your course material": verbatim passage sentences, before the model's words.
+        "extract": answer.extract,
         "answer": answer.content,
         "status": answer.status,
         "error": answer.error or None,

@@ -68,6 +68,9 @@ class Message(models.Model):
     mode = models.CharField(max_length=20, blank=True)
     mode_reason = models.CharField(max_length=300, blank=True)
     citations = models.JSONField(default=list, blank=True)
+    # "From your course material": the passage sentences that best answer the question,
+    # verbatim, each with its citation number ({"n", "text", "score"}).
+    extract = models.JSONField(default=list, blank=True)
     prompt_tokens = models.IntegerField(default=0)
     completion_tokens = models.IntegerField(default=0)
     ttft_ms = models.FloatField(null=True, blank=True)

@@ -20,7 +20,7 @@ from knowledge import retrieval
 from knowledge.models import Chunk, Course, Skill
 from learners.models import Attempt, Item, Mode, mode_for
 from learners.services import add_generated_item, mastery_of, next_item, record_attempt
-from tutoring import checks, llm, prompts
+from tutoring import checks, llm, prompts, support
 from tutoring.inference import INFERENCE_CHANNEL
 from tutoring.models import Check, Conversation, Message
 
@@ -64,6 +64,7 @@ def message_json(message: Message) -> dict[str, Any]:
         "mode": message.mode,
         "mode_reason": message.mode_reason,
         "citations": message.citations,
+        "extract": message.extract,
         "skill_id": message.skill_id,
         "client_id": message.client_id,
         "ttft_ms": message.ttft_ms,
@@ -154,6 +155,13 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
         for number, hit in enumerate(hits, start=1)
         if number in kept
     ]
+    from knowledge import embedding
+
+    quoted = support.extract(
+        question,
+        [(number, hit.text) for number, hit in enumerate(hits, start=1) if number in kept],
+        embedding.embed,
+    )
     try:
         with transaction.atomic():
             if conversation.messages.filter(
@@ -175,6 +183,7 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
                 skill=chosen.skill,
                 mode_reason=chosen.reason[:300],
                 citations=citations,
+                extract=quoted,
                 prompt_tokens=built.prompt_tokens,
             )
             if not conversation.title:

@@ -134,6 +134,33 @@ def check(answer: str, passages: Sequence[str], embed: Embed) -> list[Judged]:
     return judged
 
 
+EXTRACT_SENTENCES = 3
+EXTRACT_FLOOR = 0.35  # a passage sentence less close to the question than this is not quoted
+
+
+def extract(
+    question: str, passages: Sequence[tuple[int, str]], embed: Embed, k: int = EXTRACT_SENTENCES
+) -> list[dict[str, Any]]:
+    """The passage sentences (verbatim, with their passage's number) that best answer the
+    question: "From your course material", shown before the model's explanation."""
+    candidates = [
+        (number, sentence)
+        for number, text in passages
+        for sentence in sentences(text)
+        if len(content_words(sentence)) >= 3
+    ]
+    if not question.strip() or not candidates:
+        return []
+    vectors = embed([question, *(sentence for _, sentence in candidates)])
+    closeness = vectors[1:] @ vectors[0]
+    ranked = sorted(range(len(candidates)), key=lambda i: -float(closeness[i]))
+    chosen = [i for i in ranked[:k] if float(closeness[i]) >= EXTRACT_FLOOR]
+    return [
+        {"n": candidates[i][0], "text": candidates[i][1], "score": round(float(closeness[i]), 4)}
+        for i in chosen
+    ]
+
+
 def read_passages(text: str) -> list[str]:
     """Passages separated by blank lines (the format of `manage.py support_check`)."""
     return [block.strip() for block in re.split(r"\n\s*\n", text) if block.strip()]

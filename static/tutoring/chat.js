@@ -110,6 +110,9 @@
     item.appendChild(head);
     var reason = el("p", "mode-reason meta small");
     item.appendChild(reason);
+    // "From your course material": verbatim passage sentences, before the model's words.
+    var extract = el("div", "extract");
+    item.appendChild(extract);
     var body = el("div", "text markdown");
     item.appendChild(body);
     var status = el("p", "status meta small");
@@ -117,7 +120,7 @@
     var sources = el("div", "sources");
     item.appendChild(sources);
     transcript.appendChild(item);
-    known = { node: item, badge: badge, reason: reason, body: body, status: status, sources: sources, text: "", message: message };
+    known = { node: item, badge: badge, reason: reason, extract: extract, body: body, status: status, sources: sources, text: "", message: message };
     answers[message.id] = known;
     describe(known, message);
     return known;
@@ -130,7 +133,25 @@
       answer.badge.className = "badge mode-" + message.mode;
     }
     answer.reason.textContent = message.mode_reason || "";
+    renderExtract(answer, message.extract || []);
     renderSources(answer, message.citations || []);
+  }
+
+  function renderExtract(answer, quotes) {
+    answer.extract.textContent = "";
+    if (!quotes.length) return;
+    answer.extract.appendChild(el("p", "extract-title small", "From your course material"));
+    quotes.forEach(function (quote) {
+      var block = el("blockquote", "quote");
+      block.appendChild(document.createTextNode(quote.text + " "));
+      var cite = el("button", "cite", "[" + quote.n + "]");
+      cite.type = "button";
+      cite.dataset.n = quote.n;
+      cite.setAttribute("aria-label", "Source " + quote.n);
+      block.appendChild(cite);
+      answer.extract.appendChild(block);
+    });
+    answer.extract.appendChild(el("p", "extract-title small", "The tutor's explanation"));
   }
 
   // "[2] Pump care · Priming > Steps": a Markdown section path starts with the document's own

@@ -347,6 +347,11 @@ def test_a_learner_asks_sees_the_answer_stream_and_moves_the_mastery_meter(
     expect(badge).to_have_text(re.compile(rf"^({'|'.join(MODES)})$"))
     expect(answer.locator(".mode-reason")).to_have_text(re.compile(r"^pitched as "))
     expect(answer.locator(".mode-reason")).to_contain_text(scene.skill_name)
+    # "From your course material" comes first: verbatim sentences with their citation buttons.
+    expect(answer.locator(".extract .extract-title").first).to_have_text(
+        "From your course material"
+    )
+    expect(answer.locator(".extract .quote .cite").first).to_be_visible()
 
     # Its sources: the priming notes are among them, and a click opens the passage.
     summaries = answer.locator(".citations summary")

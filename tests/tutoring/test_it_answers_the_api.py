@@ -73,6 +73,10 @@ def test_it_answers_with_mode_citations_and_timings(
     assert body["mode"] in ("foundational", "scaffolded", "advanced")
     assert body["mode_reason"].startswith("pitched as")
     assert body["citations"][0]["filename"] == "pumps.md"
+    # "From your course material": verbatim sentences of the cited passages, before the answer.
+    assert body["extract"]
+    cited = {citation["n"]: citation["text"] for citation in body["citations"]}
+    assert all(quote["text"] in cited[quote["n"]] for quote in body["extract"])
     assert "primed" in body["citations"][0]["text"]
     assert body["timings"]["completion_tokens"] > 0 and body["timings"]["ttft_ms"] > 0
     saved = Message.objects.get(conversation_id=body["conversation"], role="assistant")

@@ -147,6 +147,8 @@ def test_it_streams_an_answer_and_saves_it(
     assert saved.ttft_ms is not None
     assert saved.citations
     assert saved.citations[0]["filename"] == "pumps.md"
+    assert question["answer"]["extract"], "the quotes come with the question, before any token"
+    assert all(q["text"] in saved.citations[0]["text"] for q in question["answer"]["extract"])
     assert saved.mode in ("foundational", "scaffolded", "advanced")
     assert Message.objects.filter(conversation=chat, role="user").count() == 1
     assert any(f.get("repeat") for f in frames if f["type"] == "question")

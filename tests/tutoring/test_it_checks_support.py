@@ -122,3 +122,18 @@ def test_the_command_refuses_unreadable_or_empty_input(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(CommandError, match="cannot read"):
         call_command("support_check", str(binary), str(answer))
+
+
+def test_the_extract_quotes_the_passage_sentences_that_answer_the_question() -> None:
+    numbered = list(enumerate(PASSAGES, start=1))
+    quoted = support.extract("Why must a centrifugal pump be primed?", numbered, embedding.embed)
+    assert 1 <= len(quoted) <= support.EXTRACT_SENTENCES
+    best = quoted[0]
+    assert best["n"] == 3 and "primed" in best["text"]
+    for quote in quoted:
+        assert quote["text"] in PASSAGES[quote["n"] - 1]  # verbatim, with its citation
+    scores = [quote["score"] for quote in quoted]
+    assert scores == sorted(scores, reverse=True)
+    # Nothing close enough: nothing quoted.
+    assert support.extract("What is the capital of Peru?", numbered, embedding.embed) == []
+    assert support.extract("Why prime a pump?", [], embedding.embed) == []
