@@ -112,6 +112,26 @@ def start_worker(env: dict[str, str], log: Path, channel: str) -> Worker:
     return Worker(start_process(args, env, log), log, channel)
 
 
+def start_app_worker(channel: str, log: Path) -> subprocess.Popen[bytes]:
+    """A real worker process on `channel` with the app's own hooks (it saves to Message rows),
+    ready to take requests."""
+    env = dict(os.environ)
+    env.pop("REDIS_URL", None)
+    env.update(DATABASE_URL=database_url(), DJANGO_SETTINGS_MODULE="tutor_site.settings")
+    for name in ("TUTOR_INFERENCE_ON_FINISH", "TUTOR_INFERENCE_IS_CANCELLED"):
+        env.pop(name, None)
+    process = start_process(
+        [sys.executable, "manage.py", "inference_worker", "--channel", channel], env, log
+    )
+    wait_for(
+        lambda: "ready on channel" in log.read_text() or process.poll() is not None,
+        90,
+        "the inference worker",
+    )
+    assert process.poll() is None, log.read_text()
+    return process
+
+
 def new_worker_channel() -> str:
     """A named channel of its own per test, so nothing meets another test's requests."""
     return f"tutor.inference.test{uuid.uuid4().hex[:12]}"

@@ -4,7 +4,6 @@ GGUF model, the real database and retrieval."""
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,8 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from knowledge.models import Course
-from tests.conftest import IngestFn, database_url, kill_group, start_process, wait_for
+from tests.conftest import IngestFn, kill_group
+from tests.tutoring.conftest import start_app_worker
 from tutoring import services
 from tutoring.models import Conversation, Message
 
@@ -40,19 +40,7 @@ def worker(
 ) -> Iterator[str]:
     channel = f"tutor.inference.api{os.getpid()}{id(tmp_path) % 100000}"
     monkeypatch.setattr(services, "INFERENCE_CHANNEL", channel)
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
-    env.update(DATABASE_URL=database_url(), DJANGO_SETTINGS_MODULE="tutor_site.settings")
-    log = tmp_path / "worker.log"
-    process = start_process(
-        [sys.executable, "manage.py", "inference_worker", "--channel", channel], env, log
-    )
-    wait_for(
-        lambda: "ready on channel" in log.read_text() or process.poll() is not None,
-        90,
-        "the inference worker",
-    )
-    assert process.poll() is None, log.read_text()
+    process = start_app_worker(channel, tmp_path / "worker.log")
     yield channel
     kill_group(process)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,8 @@ from django.test import Client
 from knowledge import services as knowledge_services
 from knowledge.models import Course, Enrollment, Skill
 from learners.models import Attempt, Item
-from tests.conftest import IngestFn, database_url, kill_group, start_process, wait_for
+from tests.conftest import IngestFn, kill_group, wait_for
+from tests.tutoring.conftest import start_app_worker
 from tutoring import services
 from tutoring.models import Check, Conversation, Message
 
@@ -36,25 +36,6 @@ NOTE = (
 )
 
 
-def _start_worker(channel: str, log: Path) -> subprocess.Popen[bytes]:
-    """A real worker process on `channel`, with the app's own hooks."""
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
-    env.update(DATABASE_URL=database_url(), DJANGO_SETTINGS_MODULE="tutor_site.settings")
-    for name in ("TUTOR_INFERENCE_ON_FINISH", "TUTOR_INFERENCE_IS_CANCELLED"):
-        env.pop(name, None)
-    process = start_process(
-        [sys.executable, "manage.py", "inference_worker", "--channel", channel], env, log
-    )
-    wait_for(
-        lambda: "ready on channel" in log.read_text() or process.poll() is not None,
-        90,
-        "the inference worker",
-    )
-    assert process.poll() is None, log.read_text()
-    return process
-
-
 @pytest.fixture
 def worker_channel(
     channel_layer_on_test_database: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -62,7 +43,7 @@ def worker_channel(
     """A real worker on a channel of this test's own."""
     channel = f"tutor.inference.chat{os.getpid()}{id(tmp_path) % 100000}"
     monkeypatch.setattr(services, "INFERENCE_CHANNEL", channel)
-    process = _start_worker(channel, tmp_path / "worker.log")
+    process = start_app_worker(channel, tmp_path / "worker.log")
     yield channel
     kill_group(process)
 
@@ -83,6 +64,19 @@ def _cookie(user: User) -> tuple[bytes, bytes]:
 def priming(course: Course) -> Skill:
     return Skill.objects.create(
         course=course, name="Pump Priming", description="Primes a centrifugal pump before start."
+    )
+
+
+@pytest.fixture
+def casing_item(priming: Skill) -> Item:
+    """An approved multiple-choice check question on the focus skill."""
+    return Item.objects.create(
+        course=priming.course,
+        skill=priming,
+        stem="What must fill the casing before a centrifugal pump starts?",
+        choices=["Air", "Liquid", "Grease"],
+        answer="Liquid",
+        status=Item.Status.APPROVED,
     )
 
 
@@ -226,17 +220,14 @@ def _application() -> Any:
 
 
 def test_a_check_question_follows_the_answer_and_moves_the_mastery_meter(
-    worker_channel: str, focused_chat: Conversation, priming: Skill, settings: Any
+    worker_channel: str,
+    focused_chat: Conversation,
+    priming: Skill,
+    casing_item: Item,
+    settings: Any,
 ) -> None:
     settings.TUTOR_ANSWER_TOKENS = 24
-    item = Item.objects.create(
-        course=priming.course,
-        skill=priming,
-        stem="What must fill the casing before a centrifugal pump starts?",
-        choices=["Air", "Liquid", "Grease"],
-        answer="Liquid",
-        status=Item.Status.APPROVED,
-    )
+    item = casing_item
     cookie = _cookie(focused_chat.learner)
 
     async def run() -> list[Any]:
@@ -340,18 +331,10 @@ def test_stop_ends_the_answer_being_written(
 
 
 def test_a_reconnecting_client_gets_the_answer_that_finished_while_it_was_away(
-    worker_channel: str, focused_chat: Conversation, priming: Skill, settings: Any
+    worker_channel: str, focused_chat: Conversation, casing_item: Item, settings: Any
 ) -> None:
     settings.TUTOR_ANSWER_TOKENS = 32
     chat = focused_chat
-    Item.objects.create(
-        course=priming.course,
-        skill=priming,
-        stem="What must fill the casing before a centrifugal pump starts?",
-        choices=["Air", "Liquid"],
-        answer="Liquid",
-        status=Item.Status.APPROVED,
-    )
     cookie = _cookie(chat.learner)
 
     def finished(answer_id: int) -> None:
@@ -393,7 +376,7 @@ def test_a_dead_worker_gives_an_error_and_the_next_question_works_once_one_is_ba
     settings.TUTOR_ANSWER_TOKENS = 400
     channel = f"tutor.inference.dead{os.getpid()}{id(tmp_path) % 100000}"
     monkeypatch.setattr(services, "INFERENCE_CHANNEL", channel)
-    worker = _start_worker(channel, tmp_path / "first.log")
+    worker = start_app_worker(channel, tmp_path / "first.log")
     replacement: list[subprocess.Popen[bytes]] = []
     cookie = _cookie(chat.learner)
 
@@ -413,7 +396,8 @@ def test_a_dead_worker_gives_an_error_and_the_next_question_works_once_one_is_ba
         frames += await _collect(communicator, "done", timeout=30)
         frames.append({"type": "waited", "seconds": time.monotonic() - started})
         # A new worker comes up; the student asks again and is answered.
-        replacement.append(await asyncio.to_thread(_start_worker, channel, tmp_path / "second.log"))
+        second = tmp_path / "second.log"
+        replacement.append(await asyncio.to_thread(start_app_worker, channel, second))
         settings.TUTOR_ANSWER_TOKENS = 16
         settings.TUTOR_WORKER_SILENCE_SECONDS = 30
         await communicator.send_json_to({"type": "ask", "text": "Why prime a pump?"})
