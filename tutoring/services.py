@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -160,7 +159,9 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
     quoted = support.extract(
         question,
         [(number, hit.text) for number, hit in enumerate(hits, start=1) if number in kept],
-        embedding.embed,
+        # Cached: the same passages come back question after question, and embedding their
+        # sentences again would delay every question's hand-off to the model.
+        embedding.embed_cached,
     )
     try:
         with transaction.atomic():
@@ -368,11 +369,8 @@ def settle_short_answer(check: Check) -> tuple[checks.Grade | None, float]:
     response to the expected answer (the local embedding model)."""
     from knowledge import embedding
 
-    vectors = embedding.embed([check.item.answer, check.response])
-    similarity = float(
-        np.dot(vectors[0], vectors[1])
-        / (float(np.linalg.norm(vectors[0]) * np.linalg.norm(vectors[1])) or 1.0)
-    )
+    vectors = embedding.embed([check.item.answer, check.response])  # unit length
+    similarity = float(vectors[0] @ vectors[1])
     return checks.settle(check.item.answer, check.response, similarity), similarity
 
 
