@@ -154,15 +154,6 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
         for number, hit in enumerate(hits, start=1)
         if number in kept
     ]
-    from knowledge import embedding
-
-    quoted = support.extract(
-        question,
-        [(number, hit.text) for number, hit in enumerate(hits, start=1) if number in kept],
-        # Cached: the same passages come back question after question, and embedding their
-        # sentences again would delay every question's hand-off to the model.
-        embedding.embed_cached,
-    )
     try:
         with transaction.atomic():
             if conversation.messages.filter(
@@ -184,7 +175,6 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
                 skill=chosen.skill,
                 mode_reason=chosen.reason[:300],
                 citations=citations,
-                extract=quoted,
                 prompt_tokens=built.prompt_tokens,
             )
             if not conversation.title:
@@ -209,6 +199,16 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
         if later is None:
             raise
         return Asked(earlier, later, created=False)
+    # The request is with a worker now (sent on commit): the quotes are found while the model
+    # reads its prompt, not before it gets it.
+    from knowledge import embedding
+
+    answer.extract = support.extract(
+        question,
+        [(number, hit.text) for number, hit in enumerate(hits, start=1) if number in kept],
+        embedding.embed_cached,  # the same passages come back question after question
+    )
+    Message.objects.filter(pk=answer.pk).update(extract=answer.extract)
     return Asked(user_message, answer, created=True)
 
 
