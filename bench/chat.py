@@ -201,7 +201,7 @@ def demo_course() -> Course:
     """The demo course in the benchmark's database, ingested in this process (no cluster)."""
     from django.core.management import call_command
 
-    from knowledge import ingestion, services
+    from knowledge import ingestion, sentences, services
     from knowledge.models import Course, Document
 
     call_command("createcachetable", verbosity=0)  # the rate limit and the worker's claims
@@ -210,6 +210,8 @@ def demo_course() -> Course:
         ready = course.documents.filter(status=Document.Status.READY).count()
         if ready == course.documents.count() == DEMO_DOCUMENTS:
             log(f"demo course: reusing its {ready} ingested documents")
+            for document in course.documents.all():  # what the cluster's task does after ingestion
+                sentences.index_document(document.pk)
             return course
         log("demo course incomplete: loading it again")
         course.delete()
@@ -228,6 +230,8 @@ def demo_course() -> Course:
         if document.status != Document.Status.READY:
             raise SystemExit(f"{document.original_filename}: ingestion {status}: {document.error}")
         log(f"ingested {document.original_filename} in {time.perf_counter() - started:.1f}s")
+        # The passages' sentences, embedded by a django-q2 task after ingestion in the product.
+        sentences.index_document(document.pk)
     return course
 
 
@@ -648,6 +652,7 @@ class Baseline:
             "model_path": str(path),
             "n_ctx": self.context,
             "n_threads": self.threads,
+            "n_threads_batch": int(settings.TUTOR_LLM_BATCH_THREADS or os.cpu_count() or 1),
             "n_gpu_layers": int(settings.TUTOR_LLM_GPU_LAYERS),
         }
         self.log = logs / "model-alone.log"

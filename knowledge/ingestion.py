@@ -154,6 +154,8 @@ def _run(document: Document) -> None:
         )
         if finished != 1:
             raise Abandoned()
+        # The passages' sentences are embedded next, apart: the document is searchable already.
+        transaction.on_commit(lambda: enqueue_sentence_index(document.pk))
 
 
 def _keep_matching_chunks(document: Document, drafts: list[ChunkDraft]) -> set[int]:
@@ -183,6 +185,17 @@ def _embedding_text(document: Document, draft: ChunkDraft) -> str:
     context = draft.heading or document.title
     return (
         f"{context}\n{draft.text}" if context and not draft.text.startswith(context) else draft.text
+    )
+
+
+def enqueue_sentence_index(document_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task(
+        "knowledge.tasks.index_sentences",
+        document_id,
+        task_name=f"index-sentences-{document_id}",
+        group="ingestion",
     )
 
 

@@ -108,7 +108,8 @@ def search(course: Course | int, query: str, k: int = 5) -> list[Hit]:
     if not 1 <= k <= MAX_K:
         raise SearchError(f"k must be between 1 and {MAX_K}")
     course_id = course.pk if isinstance(course, Course) else int(course)
-    vector = _vector_literal(embedding.embed_one(query))
+    # Cached: the tutor embeds the question again to find the sentences to quote.
+    vector = _vector_literal(embedding.embed_cached([query])[0])
     params: dict[str, Any] = {
         "vector": vector,
         "query": query,

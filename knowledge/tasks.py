@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from knowledge import ingestion
+from knowledge import ingestion, sentences
 
 
 def ingest_document(document_id: int) -> str:
@@ -11,3 +11,7 @@ def ingest_document(document_id: int) -> str:
 
 def requeue_stalled() -> int:
     return ingestion.requeue_stalled()
+
+
+def index_sentences(document_id: int) -> int:
+    return sentences.index_document(document_id)

@@ -286,6 +286,9 @@ TUTOR_LLM_CONTEXT = env_int("TUTOR_LLM_CONTEXT", 2048, minimum=256)
 # One core is left to the web server and the queue: with every core, generation under load
 # fell from ~140 to ~4 tokens/s on a 2-core machine.
 TUTOR_LLM_THREADS = env_int("TUTOR_LLM_THREADS", max(1, (os.cpu_count() or 2) - 1), minimum=1)
+# Threads that read the prompt (llama.cpp's n_threads_batch); 0 means every core, as it is
+# llama.cpp's default: the prompt is read in a burst before the first word, where every core helps.
+TUTOR_LLM_BATCH_THREADS = env_int("TUTOR_LLM_BATCH_THREADS", 0, minimum=0)
 TUTOR_LLM_GPU_LAYERS = env_int("TUTOR_LLM_GPU_LAYERS", 0, minimum=-1)
 TUTOR_LLM_TEMPERATURE = env_float("TUTOR_LLM_TEMPERATURE", 0.0)
 # An answer's limits: tokens, and seconds of generation.
@@ -313,6 +316,8 @@ TUTOR_INFERENCE_ON_FINISH = env_str("TUTOR_INFERENCE_ON_FINISH", "tutoring.hooks
 TUTOR_INFERENCE_IS_CANCELLED = env_str(
     "TUTOR_INFERENCE_IS_CANCELLED", "tutoring.hooks.is_cancelled"
 )
+# The support check of each sentence an answer's model writes, run by the worker as it streams.
+TUTOR_INFERENCE_JUDGE = env_str("TUTOR_INFERENCE_JUDGE", "tutoring.hooks.judge_sentences")
 
 LOGGING = {
     "version": 1,

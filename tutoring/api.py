@@ -34,6 +34,12 @@ def answer_json(conversation: Conversation, question: Message, answer: Message) 
         # "From your course material": verbatim passage sentences, before the model's words.
         "extract": answer.extract,
         "answer": answer.content,
+        # False: no passage came close enough; `answer` says so and `citations` are the
+        # closest sections. The model wrote nothing.
+        "covered": answer.covered,
+        # Each sentence of the model's answer, checked against the passages.
+        "support": answer.support,
+        "not_found": [mark["sentence"] for mark in answer.support if not mark.get("supported")],
         "status": answer.status,
         "error": answer.error or None,
         "mode": answer.mode,

@@ -9,6 +9,9 @@ Frames to the browser:
     {"type": "question", "message": {...}}                the saved question, with its answer's id
     {"type": "started", "message_id": n}                  a worker has taken the question
     {"type": "token", "message_id": n, "text": "..."}     streamed text (several tokens a frame)
+    {"type": "support", "message_id": n, "marks": [...]}  sentences checked against the passages
+                                                          ("supported": false: not found in
+                                                          your course material)
     {"type": "done", "message": {...}}                    the finished answer, saved
     {"type": "check", "check": {...}}                     a check question after an answer
     {"type": "graded", "check": {...}, "mastery": {...}}  its grade, reason and the new p(L)
@@ -136,10 +139,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "repeat": not asked.created,
             }
         )
-        if asked.created:
-            self.watchdog = asyncio.ensure_future(self._watch(asked.answer.pk))
-        elif asked.answer.is_finished():
+        if asked.answer.is_finished():  # a repeat, or a question the material doesn't cover
             await self.send_json({"type": "done", "message": serialise(asked.answer)})
+        elif asked.created:
+            self.watchdog = asyncio.ensure_future(self._watch(asked.answer.pk))
 
     async def _watch(self, message_id: int) -> None:
         """A worker that dies sends nothing more: tell the student, don't hang.
@@ -195,6 +198,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.last_activity = time.monotonic()
         message_id = await self._message_id(event["request_id"])
         await self.send_json({"type": "token", "message_id": message_id, "text": event["text"]})
+
+    async def chat_support(self, event: dict[str, Any]) -> None:
+        """The support check of sentences just completed: each is marked where it stands."""
+        self.last_activity = time.monotonic()
+        message_id = await self._message_id(event["request_id"])
+        await self.send_json({"type": "support", "message_id": message_id, "marks": event["marks"]})
 
     async def chat_done(self, event: dict[str, Any]) -> None:
         grading = self.gradings.pop(event.get("request_id", ""), None)

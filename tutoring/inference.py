@@ -22,13 +22,20 @@ and, while no token comes (a long prompt being read), every 5 s::
 
     {"type": "chat.alive", "request_id": str}
 
+and, when the request carries `passages` ([{"text": str, "chunk": int | None}, ...]) and a
+judge is configured (TUTOR_INFERENCE_JUDGE), the support check of each sentence as it
+completes, while the answer streams on::
+
+    {"type": "chat.support", "request_id": str, "marks": [{"sentence": str,
+     "supported": bool, "score": float, ...}, ...]}
+
 and then exactly one (also to `reply_channel` when given, for a synchronous caller; with a
 reply channel the group may be empty, and then no token frames are sent)::
 
     {"type": "chat.done", "request_id": str, "message_id": int | None,
      "status": "complete" | "stopped" | "error" | "length" | "timeout", "error": str | None,
      "text": str, "prompt_tokens": int, "completion_tokens": int, "ttft_ms": float,
-     "total_ms": float, "worker": int}
+     "total_ms": float, "support": [mark, ...], "worker": int}
 
 Before chat.done is sent, `settings.TUTOR_INFERENCE_ON_FINISH` (a dotted path to a function of
 one `Finished`) saves the answer. A stop is asked for by the app, not by a message: the worker
@@ -99,6 +106,8 @@ CLAIM_SECONDS = 180
 
 OnFinish = Callable[["Finished"], None]
 IsCancelled = Callable[[str, "int | None"], bool]
+# The support check: (passages, sentences) -> one mark per judged sentence.
+Judge = Callable[[list[dict[str, Any]], list[str]], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,7 @@ class Finished:
     completion_tokens: int
     ttft_ms: float
     total_ms: float
+    support: list[dict[str, Any]] = field(default_factory=list)
 
     def done_message(self) -> dict[str, Any]:
         return {"type": "chat.done", **asdict(self), "worker": os.getpid()}
@@ -133,6 +143,7 @@ class Request:
     time_limit: float
     reply_channel: str | None
     message_id: int | None
+    passages: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def parse(cls, payload: Any, context_tokens: int) -> Request:
@@ -158,7 +169,18 @@ class Request:
             time_limit=_number(payload, "time_limit", DEFAULT_TIME_LIMIT, float, low=0.001),
             reply_channel=reply_channel,
             message_id=_optional(payload, "message_id", int),
+            passages=_passages(payload.get("passages")),
         )
+
+
+def _passages(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(passage, dict) and isinstance(passage.get("text"), str) for passage in value
+    ):
+        raise RequestError("passages must be a list of {'text': str, 'chunk': int} objects")
+    return [{"text": passage["text"], "chunk": passage.get("chunk")} for passage in value]
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
@@ -231,6 +253,7 @@ class Generation:
     interrupted: bool = False
     parts: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
+    support: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def stop(self, status: str, error: str | None = None) -> None:
@@ -260,6 +283,10 @@ class Generation:
     def has_pending(self) -> bool:
         return bool(self.pending)
 
+    def text(self) -> str:
+        with self.lock:
+            return "".join(self.parts)
+
     def finished(self, request_id: str, message_id: int | None) -> Finished:
         status: str
         error: str | None
@@ -283,6 +310,7 @@ class Generation:
             completion_tokens=self.completion_tokens,
             ttft_ms=round(ttft, 1),
             total_ms=round((now - self.started) * 1000, 1),
+            support=list(self.support),
         )
 
 
@@ -305,12 +333,14 @@ class Engine:
             )
         context = int(getattr(settings, "TUTOR_LLM_CONTEXT", 2048))
         threads = int(getattr(settings, "TUTOR_LLM_THREADS", 0) or os.cpu_count() or 1)
+        batch_threads = int(getattr(settings, "TUTOR_LLM_BATCH_THREADS", 0) or os.cpu_count() or 1)
         gpu_layers = int(getattr(settings, "TUTOR_LLM_GPU_LAYERS", 0))
         started = time.monotonic()
         model = Llama(
             model_path=str(path),
             n_ctx=context,
             n_threads=threads,
+            n_threads_batch=batch_threads,
             n_gpu_layers=gpu_layers,
             verbose=False,
         )
@@ -424,8 +454,10 @@ class Worker:
         channel: str = INFERENCE_CHANNEL,
         on_finish: OnFinish | None = None,
         is_cancelled: IsCancelled | None = None,
+        judge: Judge | None = None,
     ) -> None:
         self.engine = engine
+        self.judge = judge
         self.layer = layer
         self.channel = channel
         self.on_finish = on_finish
@@ -618,6 +650,27 @@ class Worker:
             self._current = None
         return generation.finished(request.request_id, request.message_id)
 
+    def _complete_sentences(self, generation: Generation, *, final: bool) -> list[str]:
+        from knowledge.sentences import split
+
+        found = split(generation.text())
+        return found if final else found[:-1]  # the last one may still be growing
+
+    async def _judge(self, request: Request, generation: Generation, said: list[str]) -> None:
+        """Check sentences against the request's passages; the marks go out as their own frame
+        and are saved with the answer."""
+        if self.judge is None or not said:
+            return
+        try:
+            marks = await database_sync_to_async(self.judge)(request.passages, said)
+        except Exception:  # a missing mark never ends the answer
+            logger.warning("the support check failed for %s", request.request_id, exc_info=True)
+            return
+        if marks:
+            generation.support.extend(marks)
+            frame = {"type": "chat.support", "request_id": request.request_id, "marks": marks}
+            await self._send(request.group, None, frame)
+
     async def _stream(
         self, request: Request, generation: Generation, thread: asyncio.Future[None]
     ) -> None:
@@ -626,6 +679,9 @@ class Worker:
         last_sign = time.monotonic()
         next_check = time.monotonic() + CANCEL_CHECK_SECONDS
         checking: asyncio.Task[bool] | None = None
+        judging: asyncio.Task[None] | None = None
+        judged = 0  # sentences handed to the judge so far
+        judges = self.judge is not None and bool(request.passages) and bool(request.group)
         try:
             while True:
                 ended = thread.done()
@@ -656,12 +712,27 @@ class Worker:
                     # A task, so a slow check never holds back the frames.
                     checking = asyncio.ensure_future(self._cancelled(request))
                     next_check = now + CANCEL_CHECK_SECONDS
+                if judges and (judging is None or judging.done()):
+                    # Sentences are checked as they complete, one batch at a time, beside the
+                    # stream: the text never waits for a mark.
+                    complete = self._complete_sentences(generation, final=False)
+                    if len(complete) > judged:
+                        judging = asyncio.ensure_future(
+                            self._judge(request, generation, complete[judged:])
+                        )
+                        judged = len(complete)
                 await asyncio.wait({thread}, timeout=TICK_SECONDS)
         finally:
             if checking is not None:
                 checking.cancel()
             # The model must be free before the next request: wait for the thread to end.
             await asyncio.shield(thread)
+            if judging is not None:
+                await asyncio.shield(judging)
+        if judges:  # the last sentence, now complete, before the answer is saved
+            await self._judge(
+                request, generation, self._complete_sentences(generation, final=True)[judged:]
+            )
 
     async def _cancelled(self, request: Request) -> bool:
         if self.is_cancelled is None:
@@ -743,11 +814,14 @@ async def serve(channel: str = INFERENCE_CHANNEL) -> int:
     """Run a worker until SIGTERM or SIGINT; the number of requests it answered."""
     on_finish = load_hook("TUTOR_INFERENCE_ON_FINISH")
     is_cancelled = load_hook("TUTOR_INFERENCE_IS_CANCELLED")
+    judge = load_hook("TUTOR_INFERENCE_JUDGE")
     layer = get_channel_layer()
     if layer is None:
         raise ImproperlyConfigured("CHANNEL_LAYERS has no default layer")
     engine = await asyncio.to_thread(Engine.load)
-    worker = Worker(engine, layer, channel, on_finish=on_finish, is_cancelled=is_cancelled)
+    worker = Worker(
+        engine, layer, channel, on_finish=on_finish, is_cancelled=is_cancelled, judge=judge
+    )
     loop = asyncio.get_running_loop()
 
     def on_signal(number: int) -> None:

@@ -7,7 +7,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 
-from knowledge.models import Course, Skill
+from knowledge.models import Chunk, Course, Skill
 from learners.models import Item
 
 
@@ -71,6 +71,12 @@ class Message(models.Model):
     # "From your course material": the passage sentences that best answer the question,
     # verbatim, each with its citation number ({"n", "text", "score"}).
     extract = models.JSONField(default=list, blank=True)
+    # The support check of each sentence the model wrote (tutoring.support.Judged as JSON):
+    # a sentence with "supported" false is shown "not found in your course material".
+    support = models.JSONField(default=list, blank=True)
+    # False when no passage came close enough to the question (Course.covered_from): the tutor
+    # said so and offered the closest sections instead of letting the model write an answer.
+    covered = models.BooleanField(default=True)
     prompt_tokens = models.IntegerField(default=0)
     completion_tokens = models.IntegerField(default=0)
     ttft_ms = models.FloatField(null=True, blank=True)
@@ -117,6 +123,8 @@ class Check(models.Model):
     p_before = models.FloatField(null=True, blank=True)
     p_after = models.FloatField(null=True, blank=True)
     grading_request = models.UUIDField(null=True, blank=True)
+    # The feedback once graded: the passage sentences that hold the expected answer, verbatim.
+    extract = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     graded_at = models.DateTimeField(null=True, blank=True)
 
@@ -125,3 +133,35 @@ class Check(models.Model):
 
     def __str__(self) -> str:
         return f"Check {self.pk} on {self.item}"
+
+
+class UncoveredQuestion(models.Model):
+    """A question the course material does not cover: the instructors' "not covered by your
+    material" report (what to add to the course). Asked again, the same row counts up."""
+
+    course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="uncovered_questions")
+    question = models.TextField()
+    # The question in lower case with its spaces collapsed: the same question asked again.
+    normalised = models.CharField(max_length=500)
+    times_asked = models.PositiveIntegerField(default=1)
+    first_asked_at = models.DateTimeField(auto_now_add=True)
+    last_asked_at = models.DateTimeField(auto_now=True)
+    # The closest section found, and how close it came (cosine similarity, 0-1).
+    closest = models.CharField(max_length=500, blank=True)
+    closest_chunk = models.ForeignKey(
+        Chunk, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    closeness = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-times_asked", "-last_asked_at"]
+        verbose_name = "question not covered by your material"
+        verbose_name_plural = "not covered by your material"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["course", "normalised"], name="uncovered_unique_question"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.question[:80]

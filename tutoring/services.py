@@ -13,15 +13,16 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from knowledge import retrieval
+from knowledge import retrieval, sentences
 from knowledge.models import Chunk, Course, Skill
 from learners.models import Attempt, Item, Mode, mode_for
 from learners.services import add_generated_item, mastery_of, next_item, record_attempt
 from tutoring import checks, llm, prompts, support
 from tutoring.inference import INFERENCE_CHANNEL
-from tutoring.models import Check, Conversation, Message
+from tutoring.models import Check, Conversation, Message, UncoveredQuestion
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -64,6 +65,9 @@ def message_json(message: Message) -> dict[str, Any]:
         "mode_reason": message.mode_reason,
         "citations": message.citations,
         "extract": message.extract,
+        "support": message.support,
+        "not_found": [mark["sentence"] for mark in message.support if not mark.get("supported")],
+        "covered": message.covered,
         "skill_id": message.skill_id,
         "client_id": message.client_id,
         "ttft_ms": message.ttft_ms,
@@ -100,6 +104,146 @@ def pitch(
     return Pitch(mode, prompts.mode_explanation(mode, masteries), masteries, unmet, taught)
 
 
+@dataclass(frozen=True)
+class Composed:
+    """What the model is asked: the retrieved passages, the pitch and the prompt."""
+
+    hits: list[retrieval.Hit]
+    pitch: Pitch
+    built: prompts.BuiltPrompt
+    # The passages that fit the prompt (only those can be cited), with their numbers.
+    citations: list[dict[str, Any]]
+
+    def closeness(self) -> float:
+        """How close the best passage came to the question (cosine similarity; 0 if none)."""
+        return max((hit.similarity or 0.0 for hit in self.hits), default=0.0)
+
+
+def compose(
+    *,
+    course: Course,
+    learner: User,
+    question: str,
+    focus: Skill | None = None,
+    history: list[tuple[str, str]] | None = None,
+    search: str | None = None,
+) -> Composed:
+    """Retrieve (for `search`, by default the question), pitch by mastery and build the prompt:
+    the chat's, the API's and `manage.py llm_check`'s prompts are all made here."""
+    hits = retrieval.search(course, search or question, PASSAGES)
+    chosen = pitch(learner=learner, course=course, hits=hits, focus=focus)
+    built = prompts.build_messages(
+        question=question,
+        passages=prompts.passages_from_hits(hits),
+        history=history or [],
+        mode=chosen.mode,
+        course_title=course.title,
+        unmet_prerequisites=chosen.unmet_prerequisites,
+        count_tokens=_token_counter(),
+        # The prompt's own budget: on a CPU the model reads a prompt at some 100-300 tokens a
+        # second, so a long one delays the first word by seconds (TUTOR_PROMPT_TOKENS).
+        context_tokens=min(
+            settings.TUTOR_LLM_CONTEXT, settings.TUTOR_PROMPT_TOKENS + settings.TUTOR_ANSWER_TOKENS
+        ),
+        reserve_for_answer=settings.TUTOR_ANSWER_TOKENS,
+    )
+    kept = {passage.number for passage in built.passages}
+    citations = [
+        {
+            "n": number,
+            "chunk": hit.chunk_id,
+            "document": hit.document,
+            "filename": hit.filename,
+            "locator": hit.locator,
+            "text": hit.text,
+        }
+        for number, hit in enumerate(hits, start=1)
+        if number in kept
+    ]
+    return Composed(hits, chosen, built, citations)
+
+
+NOT_COVERED = (
+    "Your course material doesn't cover this question, so the tutor won't guess an answer. "
+    "The closest sections are below; your instructors see the questions their material "
+    "doesn't cover, so they can add to it."
+)
+CLOSEST_SECTIONS = 3
+
+
+def normalised(question: str) -> str:
+    return " ".join(question.casefold().split())[:500]
+
+
+def _not_covered(
+    conversation: Conversation, question: str, client_id: str, composed: Composed, closeness: float
+) -> Asked:
+    """No passage is close enough: say so, offer the closest sections, and report the question
+    to the instructors; the model writes nothing."""
+    closest = [
+        {
+            "n": number,
+            "chunk": hit.chunk_id,
+            "document": hit.document,
+            "filename": hit.filename,
+            "locator": hit.locator,
+            "text": hit.text,
+        }
+        for number, hit in enumerate(composed.hits[:CLOSEST_SECTIONS], start=1)
+    ]
+    course = conversation.course
+    with transaction.atomic():
+        if conversation.messages.filter(
+            role=Message.Role.ASSISTANT,
+            status__in=[Message.Status.PENDING, Message.Status.STREAMING],
+        ).exists():
+            raise TutoringError("the tutor is still answering your last question")
+        user_message = Message.objects.create(
+            conversation=conversation, role=Message.Role.USER, content=question, client_id=client_id
+        )
+        answer = Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.COMPLETE,
+            content=NOT_COVERED,
+            covered=False,
+            mode=composed.pitch.mode,
+            mode_reason="not covered by your course material",
+            citations=closest,
+            finished_at=timezone.now(),
+        )
+        if not conversation.title:
+            conversation.title = question[:200]
+        conversation.save(update_fields=["title", "updated_at"])
+        best = composed.hits[0] if composed.hits else None
+        where = ""
+        if best is not None:
+            where = best.filename or best.document
+            where = f"{where}, {best.locator}" if best.locator else where
+        report, created = UncoveredQuestion.objects.select_for_update().get_or_create(
+            course=course,
+            normalised=normalised(question),
+            defaults={
+                "question": question,
+                "closest": where[:500],
+                "closest_chunk_id": best.chunk_id if best else None,
+                "closeness": round(closeness, 4),
+            },
+        )
+        if not created:
+            UncoveredQuestion.objects.filter(pk=report.pk).update(
+                times_asked=F("times_asked") + 1, last_asked_at=timezone.now()
+            )
+    logger.info(
+        "course %s: question not covered (closest %.2f < %.2f): %r",
+        course.slug,
+        closeness,
+        course.covered_from,
+        question[:80],
+    )
+    return Asked(user_message, answer, created=True)
+
+
 def ask(*, conversation: Conversation, question: str, client_id: str = "") -> Asked:
     """Save the question (idempotent on client id) and queue the answer's generation."""
     question = question.strip()
@@ -115,45 +259,35 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
             ).first()
             if answer is not None:
                 return Asked(earlier, answer, created=False)
-    learner = conversation.learner
-    course = conversation.course
-    hits = retrieval.search(course, question, PASSAGES)
-    chosen = pitch(learner=learner, course=course, hits=hits, focus=conversation.focus_skill)
     history = [
         (message.role, message.content)
         for message in conversation.messages.filter(
             status__in=[Message.Status.COMPLETE, Message.Status.LENGTH]
         ).order_by("-id")[:12][::-1]
     ]
-    built = prompts.build_messages(
+    composed = compose(
+        course=conversation.course,
+        learner=conversation.learner,
         question=question,
-        passages=prompts.passages_from_hits(hits),
+        focus=conversation.focus_skill,
         history=history,
-        mode=chosen.mode,
-        course_title=course.title,
-        unmet_prerequisites=chosen.unmet_prerequisites,
-        count_tokens=_token_counter(),
-        # The prompt's own budget: on a CPU the model reads a prompt at some 100-300 tokens a
-        # second, so a long one delays the first word by seconds (TUTOR_PROMPT_TOKENS).
-        context_tokens=min(
-            settings.TUTOR_LLM_CONTEXT, settings.TUTOR_PROMPT_TOKENS + settings.TUTOR_ANSWER_TOKENS
-        ),
-        reserve_for_answer=settings.TUTOR_ANSWER_TOKENS,
     )
-    # Only the passages that fit the prompt can be cited; their numbers are kept.
-    kept = {passage.number for passage in built.passages}
-    citations = [
-        {
-            "n": number,
-            "chunk": hit.chunk_id,
-            "document": hit.document,
-            "filename": hit.filename,
-            "locator": hit.locator,
-            "text": hit.text,
-        }
-        for number, hit in enumerate(hits, start=1)
-        if number in kept
-    ]
+    closeness = composed.closeness()
+    previous = next((text for role, text in reversed(history) if role == Message.Role.USER), "")
+    if closeness < conversation.course.covered_from and previous:
+        # A follow-up ("why is that?") is about the question before it.
+        composed = compose(
+            course=conversation.course,
+            learner=conversation.learner,
+            question=question,
+            focus=conversation.focus_skill,
+            history=history,
+            search=f"{previous}\n{question}",
+        )
+        closeness = composed.closeness()
+    if closeness < conversation.course.covered_from:
+        return _not_covered(conversation, question, client_id, composed, closeness)
+    chosen, built, citations = composed.pitch, composed.built, composed.citations
     try:
         with transaction.atomic():
             if conversation.messages.filter(
@@ -190,6 +324,8 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
                 "temperature": settings.TUTOR_LLM_TEMPERATURE,
                 "time_limit": settings.TUTOR_ANSWER_SECONDS,
                 "reply_channel": None,
+                # What the worker checks each sentence against, as it streams.
+                "passages": [{"text": c["text"], "chunk": c["chunk"]} for c in citations],
             }
             transaction.on_commit(lambda: send_to_worker(request))
     except IntegrityError:
@@ -201,12 +337,11 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
         return Asked(earlier, later, created=False)
     # The request is with a worker now (sent on commit): the quotes are found while the model
     # reads its prompt, not before it gets it.
-    from knowledge import embedding
-
     answer.extract = support.extract(
         question,
-        [(number, hit.text) for number, hit in enumerate(hits, start=1) if number in kept],
-        embedding.embed_cached,  # the same passages come back question after question
+        [(citation["n"], citation["text"]) for citation in citations],
+        # The passages' sentence vectors are stored; the question's was cached by retrieval.
+        sentences.embedder(sentences.stored(citation["chunk"] for citation in citations)),
     )
     Message.objects.filter(pk=answer.pk).update(extract=answer.extract)
     return Asked(user_message, answer, created=True)
@@ -388,6 +523,7 @@ def finish_check(*, check: Check, grade: checks.Grade) -> Check:
         item=item,
     )
     Check.objects.filter(pk=check.pk).exclude(status=Check.Status.GRADED).update(
+        extract=feedback_extract(item),
         status=Check.Status.GRADED,
         correct=grade.correct,
         reason=grade.reason[:300],
@@ -406,6 +542,40 @@ def finish_check(*, check: Check, grade: checks.Grade) -> Check:
         check.p_after or 0.0,
     )
     return check
+
+
+FEEDBACK_PASSAGES = 3
+
+
+def feedback_extract(item: Item) -> list[dict[str, Any]]:
+    """The feedback on a graded check question: the course's sentences that hold its answer,
+    verbatim, with where they are (document, page or section)."""
+    question = f"{item.stem} {item.answer}".strip()
+    try:
+        hits = retrieval.search(item.skill.course_id, question, FEEDBACK_PASSAGES)
+        known = sentences.stored(hit.chunk_id for hit in hits)
+        quoted = support.extract(
+            question,
+            [(number, hit.text) for number, hit in enumerate(hits, start=1)],
+            sentences.embedder(known),
+            k=2,
+        )
+    except Exception:  # feedback is a bonus: the grade stands without it
+        logger.exception("no feedback extract for item %s", item.pk)
+        return []
+    found = []
+    for quote in quoted:
+        hit = hits[quote["n"] - 1]
+        found.append(
+            {
+                **quote,
+                "chunk": hit.chunk_id,
+                "document": hit.document,
+                "filename": hit.filename,
+                "locator": hit.locator,
+            }
+        )
+    return found
 
 
 def check_json(check: Check) -> dict[str, Any]:
@@ -428,6 +598,7 @@ def check_json(check: Check) -> dict[str, Any]:
         "graded_by": check.graded_by,
         # The expected answer only once graded.
         "answer": item.answer if graded else None,
+        "extract": check.extract if graded else [],
         "p_before": check.p_before,
         "p_after": check.p_after,
         "mastery": round(

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from knowledge import sentences as passage_sentences
 from tutoring.checks import content_words
 
 Embed = Callable[[Sequence[str]], np.ndarray]
@@ -32,9 +33,7 @@ Embed = Callable[[Sequence[str]], np.ndarray]
 MEANING_WEIGHT = 0.6
 THRESHOLD = 0.58
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 _CITATION = re.compile(r"\s*\[\d{1,2}(?:\s*,\s*\d{1,2})*\]")
-_MARKUP = re.compile(r"[*_`#>]+")
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)\s?(%|°\s?[CF]|[A-Za-z][A-Za-z·/]*)?")
 _NEGATION = re.compile(
     r"\b(not|never|no|none|nobody|nothing|neither|nor|cannot|without)\b|n't\b", re.IGNORECASE
@@ -61,15 +60,8 @@ class Judged:
 
 
 def sentences(text: str) -> list[str]:
-    """The sentences of an answer or a passage (list items and lines count as sentences)."""
-    found: list[str] = []
-    for line in text.splitlines():
-        line = _MARKUP.sub("", line).strip()
-        line = re.sub(r"^(?:[-+]\s+|\d+[.)]\s+)", "", line)
-        if not line:
-            continue
-        found += [part.strip() for part in _SENTENCE_END.split(line) if part.strip()]
-    return found
+    """The sentences of an answer or a passage, split as the stored passage sentences are."""
+    return passage_sentences.split(text)
 
 
 def figures(text: str) -> set[str]:
@@ -132,6 +124,11 @@ def check(answer: str, passages: Sequence[str], embed: Embed) -> list[Judged]:
             )
         )
     return judged
+
+
+def check_sentences(said: Sequence[str], passages: Sequence[str], embed: Embed) -> list[Judged]:
+    """`check` for sentences already split (the inference worker's, as they complete)."""
+    return check("\n".join(said), passages, embed)
 
 
 EXTRACT_SENTENCES = 3

@@ -115,12 +115,16 @@
     item.appendChild(extract);
     var body = el("div", "text markdown");
     item.appendChild(body);
+    // The model's sentences that the support check could not find in the passages.
+    var unsupported = el("div", "not-found");
+    unsupported.hidden = true;
+    item.appendChild(unsupported);
     var status = el("p", "status meta small");
     item.appendChild(status);
     var sources = el("div", "sources");
     item.appendChild(sources);
     transcript.appendChild(item);
-    known = { node: item, badge: badge, reason: reason, extract: extract, body: body, status: status, sources: sources, text: "", message: message };
+    known = { node: item, badge: badge, reason: reason, extract: extract, body: body, unsupported: unsupported, status: status, sources: sources, text: "", marks: [], message: message };
     answers[message.id] = known;
     describe(known, message);
     return known;
@@ -133,8 +137,52 @@
       answer.badge.className = "badge mode-" + message.mode;
     }
     answer.reason.textContent = message.mode_reason || "";
+    answer.node.classList.toggle("uncovered", message.covered === false);
+    if (message.support && message.support.length) answer.marks = message.support.slice();
     renderExtract(answer, message.extract || []);
-    renderSources(answer, message.citations || []);
+    renderSources(answer, message.citations || [], message.covered === false);
+  }
+
+  // ---------------------------------------------------------------- support marks
+
+  function addMarks(messageId, marks) {
+    var answer = answers[messageId];
+    if (!answer) return;
+    answer.marks = answer.marks.concat(marks);
+    renderBody(answer);
+  }
+
+  // Wraps the start of each unsupported sentence in the rendered text (a sentence can cross
+  // formatting, so the mark covers the part of it within one text node), and lists them all.
+  function applyMarks(answer) {
+    var missing = answer.marks.filter(function (mark) { return !mark.supported; });
+    missing.forEach(function (mark) {
+      var probe = mark.sentence.split("[")[0].trim().slice(0, 60);
+      if (probe.length < 8) return;
+      var walker = document.createTreeWalker(answer.body, NodeFilter.SHOW_TEXT);
+      var node;
+      while ((node = walker.nextNode())) {
+        if (node.parentNode.closest && node.parentNode.closest("mark")) continue;
+        var at = node.data.indexOf(probe);
+        if (at < 0) continue;
+        var rest = node.data.slice(at);
+        var end = rest.indexOf(mark.sentence) === 0 ? mark.sentence.length : rest.length;
+        var range = document.createRange();
+        range.setStart(node, at);
+        range.setEnd(node, at + end);
+        var marker = el("mark", "unsupported");
+        marker.title = "Not found in your course material";
+        range.surroundContents(marker);
+        break;
+      }
+    });
+    answer.unsupported.textContent = "";
+    answer.unsupported.hidden = !missing.length;
+    if (!missing.length) return;
+    answer.unsupported.appendChild(el("p", "not-found-title small", "⚠ Not found in your course material — check these against your sources:"));
+    var list = el("ul", "not-found-list small");
+    missing.forEach(function (mark) { list.appendChild(el("li", null, mark.sentence)); });
+    answer.unsupported.appendChild(list);
   }
 
   function renderExtract(answer, quotes) {
@@ -168,10 +216,10 @@
     return "[" + citation.n + "] " + name + (where ? " · " + where : "");
   }
 
-  function renderSources(answer, citations) {
+  function renderSources(answer, citations, closest) {
     answer.sources.textContent = "";
     if (!citations.length) return;
-    answer.sources.appendChild(el("p", "sources-title small", "Sources from your course material"));
+    answer.sources.appendChild(el("p", "sources-title small", closest ? "The closest sections of your course material" : "Sources from your course material"));
     var list = el("ol", "citations");
     citations.forEach(function (citation) {
       var entry = el("li");
@@ -189,6 +237,7 @@
 
   function renderBody(answer) {
     answer.body.innerHTML = window.TutorMarkdown.render(answer.text, citedNumbers(answer.message));
+    applyMarks(answer);
   }
 
   var STATUS_TEXT = {
@@ -266,6 +315,16 @@
       }
       if (check.p_before !== null && check.p_after !== null) {
         card.appendChild(el("p", "meta small", "Mastery of " + check.skill + ": " + Math.round(check.p_before * 100) + "% → " + Math.round(check.p_after * 100) + "%"));
+      }
+      if (check.extract && check.extract.length) {
+        var feedback = el("div", "extract feedback");
+        feedback.appendChild(el("p", "extract-title small", "From your course material"));
+        check.extract.forEach(function (quote) {
+          var block = el("blockquote", "quote", quote.text);
+          block.appendChild(el("span", "quote-source small", " — " + sourceLabel({ n: quote.n, document: quote.document, filename: quote.filename, locator: quote.locator }).replace(/^\[\d+\] /, "")));
+          feedback.appendChild(block);
+        });
+        card.appendChild(feedback);
       }
       return;
     }
@@ -405,6 +464,9 @@
         break;
       case "token":
         if (frame.message_id !== null) addTokens(frame.message_id, frame.text);
+        break;
+      case "support":
+        if (frame.message_id !== null) addMarks(frame.message_id, frame.marks);
         break;
       case "done":
         finishAnswer(frame.message);

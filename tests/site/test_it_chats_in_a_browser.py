@@ -352,6 +352,17 @@ def test_a_learner_asks_sees_the_answer_stream_and_moves_the_mastery_meter(
         "From your course material"
     )
     expect(answer.locator(".extract .quote .cite").first).to_be_visible()
+    # Every sentence the model wrote was checked as it streamed; the page lists exactly those
+    # not found in the material.
+    marks = [mark for frame in frames if frame.get("type") == "support" for mark in frame["marks"]]
+    assert marks and marks == done["support"], [f.get("type") for f in frames]
+    missing = [mark["sentence"] for mark in done["support"] if not mark["supported"]]
+    expect(answer.locator(".not-found li")).to_have_count(len(missing))
+    if missing:
+        expect(answer.locator(".not-found-title")).to_contain_text(
+            "Not found in your course material"
+        )
+        expect(answer.locator(".not-found li").first).to_have_text(missing[0])
 
     # Its sources: the priming notes are among them, and a click opens the passage.
     summaries = answer.locator(".citations summary")
@@ -401,6 +412,9 @@ def test_a_learner_asks_sees_the_answer_stream_and_moves_the_mastery_meter(
     meter = page.locator(f'#mastery .skill[data-skill="{scene.skill_id}"] meter')
     assert meter.evaluate("meter => meter.value") == pytest.approx(after / 100, abs=0.006)
     expect(check.locator(".meta").last).to_contain_text(f"{before}% → {after}%")
+    # The feedback quotes the material that holds the answer.
+    expect(check.locator(".feedback .extract-title")).to_have_text("From your course material")
+    expect(check.locator(".feedback .quote").first).to_contain_text("liquid")
     expect(check.locator("form")).to_have_count(0)
 
     assert problems == [], problems

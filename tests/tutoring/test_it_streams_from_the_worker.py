@@ -43,6 +43,7 @@ FIELDS = (
     "completion_tokens",
     "ttft_ms",
     "total_ms",
+    "support",  # empty: these requests carry no passages to check against
 )
 ESSAY = "Write a long essay on the maintenance of centrifugal pumps."
 IDLE_SECONDS = 5.5

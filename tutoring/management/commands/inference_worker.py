@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -26,6 +28,11 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if settings.TUTOR_INFERENCE_JUDGE:
+            # The support check embeds sentences: load that model while the GGUF loads.
+            from knowledge import embedding
+
+            threading.Thread(target=embedding.warm_up, daemon=True).start()
         try:
             asyncio.run(inference.serve(channel=options["channel"]))
         except ImproperlyConfigured as exc:
