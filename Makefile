@@ -62,6 +62,7 @@ bench: db
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/chat.py
+	$(BIN)/python bench/grounding.py
 
 demo-documents: install
 	$(BIN)/python knowledge/demo/build_documents.py

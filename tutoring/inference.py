@@ -810,7 +810,7 @@ async def _close_layer(layer: BaseChannelLayer) -> None:
             db.connection_pool = None
 
 
-async def serve(channel: str = INFERENCE_CHANNEL) -> int:
+async def serve(channel: str = INFERENCE_CHANNEL, warming: threading.Thread | None = None) -> int:
     """Run a worker until SIGTERM or SIGINT; the number of requests it answered."""
     on_finish = load_hook("TUTOR_INFERENCE_ON_FINISH")
     is_cancelled = load_hook("TUTOR_INFERENCE_IS_CANCELLED")
@@ -819,6 +819,10 @@ async def serve(channel: str = INFERENCE_CHANNEL) -> int:
     if layer is None:
         raise ImproperlyConfigured("CHANNEL_LAYERS has no default layer")
     engine = await asyncio.to_thread(Engine.load)
+    if warming is not None:
+        # What the hooks need (the judge's embedding model), loaded beside the GGUF: a request
+        # taken before it is ready would get its marks late.
+        await asyncio.to_thread(warming.join)
     worker = Worker(
         engine, layer, channel, on_finish=on_finish, is_cancelled=is_cancelled, judge=judge
     )

@@ -4,7 +4,9 @@ A sentence is scored against the passages' own sentences with three signals:
 
 - meaning: the cosine similarity of its embedding (the local embedding model) to the closest
   passage sentence;
-- words: the share of its content words that occur in the passages;
+- words: the share of its content words that occur in the WORDS_FROM passage sentences closest
+  to it in meaning (not anywhere in the passages: a sentence stitched from words of unrelated
+  passage sentences is not backed by any of them);
 - figures: every number with its unit (a torque, a pressure, an interval) must appear in a
   passage, and the closest passage sentence must not say the opposite (one of the two negated,
   the other not).
@@ -30,8 +32,10 @@ from tutoring.checks import content_words
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 
-MEANING_WEIGHT = 0.6
-THRESHOLD = 0.58
+# Chosen on the even-numbered half of bench/grounding_set.jsonl (bench/grounding.py).
+MEANING_WEIGHT = 0.55
+THRESHOLD = 0.67
+WORDS_FROM = 3
 
 _CITATION = re.compile(r"\s*\[\d{1,2}(?:\s*,\s*\d{1,2})*\]")
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)\s?(%|°\s?[CF]|[A-Za-z][A-Za-z·/]*)?")
@@ -94,15 +98,17 @@ def check(answer: str, passages: Sequence[str], embed: Embed) -> list[Judged]:
     vectors = embed([*plain, *source])
     mine, theirs = vectors[: len(plain)], vectors[len(plain) :]
     similarity = mine @ theirs.T
-    source_words = set().union(*(content_words(s) for s in source))
+    source_words = [content_words(s) for s in source]
     source_figures = set().union(*(figures(s) for s in source))
     source_numbers = {value.split(" ")[0] for value in source_figures}
     judged = []
     for row, (sentence, text) in enumerate(zip(said, plain, strict=True)):
-        best = int(np.argmax(similarity[row]))
+        ranked = np.argsort(-similarity[row], kind="stable")
+        best = int(ranked[0])
         meaning = float(max(0.0, similarity[row, best]))
         words = content_words(text)
-        overlap = len(words & source_words) / len(words) if words else 0.0
+        near = set().union(*(source_words[int(i)] for i in ranked[:WORDS_FROM]))
+        overlap = len(words & near) / len(words) if words else 0.0
         missing = sorted(
             value
             for value in figures(text)

@@ -28,12 +28,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        warming = None
         if settings.TUTOR_INFERENCE_JUDGE:
             # The support check embeds sentences: load that model while the GGUF loads.
             from knowledge import embedding
 
-            threading.Thread(target=embedding.warm_up, daemon=True).start()
+            warming = threading.Thread(target=embedding.warm_up, daemon=True)
+            warming.start()
         try:
-            asyncio.run(inference.serve(channel=options["channel"]))
+            asyncio.run(inference.serve(channel=options["channel"], warming=warming))
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
