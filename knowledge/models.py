@@ -37,7 +37,13 @@ class Course(models.Model):
     # demo course (all-MiniLM-L6-v2): its 30 questions came 0.26-0.72 close, 18 questions on
     # other subjects 0.05-0.21.
     covered_from = models.FloatField(
-        default=0.23, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+        "covered from",
+        default=0.23,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text=(
+            "A question whose closest passage is less similar than this (0-1) is answered "
+            "'not covered by your course material' and listed in the not-covered report."
+        ),
     )
 
     class Meta:

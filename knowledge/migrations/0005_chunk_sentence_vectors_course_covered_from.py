@@ -20,6 +20,12 @@ class Migration(migrations.Migration):
             name="covered_from",
             field=models.FloatField(
                 default=0.23,
+                help_text=(
+                    "A question whose closest passage is less similar than this (0-1) is "
+                    "answered 'not covered by your course material' and listed in the "
+                    "not-covered report."
+                ),
+                verbose_name="covered from",
                 validators=[
                     django.core.validators.MinValueValidator(0.0),
                     django.core.validators.MaxValueValidator(1.0),
