@@ -51,7 +51,9 @@ def test_it_picks_the_closest_difficulty_when_untrained(theta: float, bs: list[f
     chosen = QPolicy().choose(0.5, candidates, theta=theta)
     assert chosen is not None
     closest = min(abs(b - theta) for b in bs)
-    assert abs(chosen.b - theta) == pytest.approx(closest, abs=1e-9)
+    # Information falls with the square of the distance near theta: two difficulties within
+    # ~1e-7 of each other are equally informative in floating point, and either may win.
+    assert abs(chosen.b - theta) == pytest.approx(closest, abs=1e-6)
 
 
 def test_it_follows_the_learned_q_table() -> None:
