@@ -114,9 +114,21 @@ class Composed:
     # The passages that fit the prompt (only those can be cited), with their numbers.
     citations: list[dict[str, Any]]
 
-    def closeness(self) -> float:
-        """How close the best passage came to the question (cosine similarity; 0 if none)."""
-        return max((hit.similarity or 0.0 for hit in self.hits), default=0.0)
+
+def closeness(hits: list[retrieval.Hit]) -> float:
+    """How close the best passage came to the question (cosine similarity; 0 if none)."""
+    return max((hit.similarity or 0.0 for hit in hits), default=0.0)
+
+
+def _citation(number: int, hit: retrieval.Hit) -> dict[str, Any]:
+    return {
+        "n": number,
+        "chunk": hit.chunk_id,
+        "document": hit.document,
+        "filename": hit.filename,
+        "locator": hit.locator,
+        "text": hit.text,
+    }
 
 
 def compose(
@@ -126,11 +138,12 @@ def compose(
     question: str,
     focus: Skill | None = None,
     history: list[tuple[str, str]] | None = None,
-    search: str | None = None,
+    hits: list[retrieval.Hit] | None = None,
 ) -> Composed:
-    """Retrieve (for `search`, by default the question), pitch by mastery and build the prompt:
-    the chat's, the API's and `manage.py llm_check`'s prompts are all made here."""
-    hits = retrieval.search(course, search or question, PASSAGES)
+    """Retrieve (unless `hits` are given), pitch by mastery and build the prompt: the chat's, the
+    API's and `manage.py llm_check`'s prompts are all made here."""
+    if hits is None:
+        hits = retrieval.search(course, question, PASSAGES)
     chosen = pitch(learner=learner, course=course, hits=hits, focus=focus)
     built = prompts.build_messages(
         question=question,
@@ -149,16 +162,7 @@ def compose(
     )
     kept = {passage.number for passage in built.passages}
     citations = [
-        {
-            "n": number,
-            "chunk": hit.chunk_id,
-            "document": hit.document,
-            "filename": hit.filename,
-            "locator": hit.locator,
-            "text": hit.text,
-        }
-        for number, hit in enumerate(hits, start=1)
-        if number in kept
+        _citation(number, hit) for number, hit in enumerate(hits, start=1) if number in kept
     ]
     return Composed(hits, chosen, built, citations)
 
@@ -175,73 +179,80 @@ def normalised(question: str) -> str:
     return " ".join(question.casefold().split())[:500]
 
 
+def _save_turn(
+    conversation: Conversation, question: str, client_id: str, **answer: Any
+) -> tuple[Message, Message]:
+    """Save the question and its answer's row (call in a transaction); refused while another
+    answer of the conversation is in flight."""
+    if conversation.messages.filter(
+        role=Message.Role.ASSISTANT,
+        status__in=[Message.Status.PENDING, Message.Status.STREAMING],
+    ).exists():
+        raise TutoringError("the tutor is still answering your last question")
+    user_message = Message.objects.create(
+        conversation=conversation, role=Message.Role.USER, content=question, client_id=client_id
+    )
+    answer_message = Message.objects.create(
+        conversation=conversation, role=Message.Role.ASSISTANT, **answer
+    )
+    if not conversation.title:
+        conversation.title = question[:200]
+    conversation.save(update_fields=["title", "updated_at"])
+    return user_message, answer_message
+
+
 def _not_covered(
-    conversation: Conversation, question: str, client_id: str, composed: Composed, closeness: float
-) -> Asked:
+    conversation: Conversation,
+    question: str,
+    client_id: str,
+    hits: list[retrieval.Hit],
+    chosen: Pitch,
+) -> tuple[Message, Message]:
     """No passage is close enough: say so, offer the closest sections, and report the question
-    to the instructors; the model writes nothing."""
-    closest = [
-        {
-            "n": number,
-            "chunk": hit.chunk_id,
-            "document": hit.document,
-            "filename": hit.filename,
-            "locator": hit.locator,
-            "text": hit.text,
-        }
-        for number, hit in enumerate(composed.hits[:CLOSEST_SECTIONS], start=1)
-    ]
+    to the instructors; the model writes nothing. Call in a transaction."""
     course = conversation.course
-    with transaction.atomic():
-        if conversation.messages.filter(
-            role=Message.Role.ASSISTANT,
-            status__in=[Message.Status.PENDING, Message.Status.STREAMING],
-        ).exists():
-            raise TutoringError("the tutor is still answering your last question")
-        user_message = Message.objects.create(
-            conversation=conversation, role=Message.Role.USER, content=question, client_id=client_id
+    near = closeness(hits)
+    user_message, answer = _save_turn(
+        conversation,
+        question,
+        client_id,
+        status=Message.Status.COMPLETE,
+        content=NOT_COVERED,
+        covered=False,
+        mode=chosen.mode,
+        mode_reason="not covered by your course material",
+        citations=[
+            _citation(number, hit) for number, hit in enumerate(hits[:CLOSEST_SECTIONS], start=1)
+        ],
+        finished_at=timezone.now(),
+    )
+    best = hits[0] if hits else None
+    where = ""
+    if best is not None:
+        where = best.filename or best.document
+        where = f"{where}, {best.locator}" if best.locator else where
+    report, created = UncoveredQuestion.objects.select_for_update().get_or_create(
+        course=course,
+        normalised=normalised(question),
+        defaults={
+            "question": question,
+            "closest": where[:500],
+            "closest_chunk_id": best.chunk_id if best else None,
+            "closeness": round(near, 4),
+        },
+    )
+    if not created:
+        UncoveredQuestion.objects.filter(pk=report.pk).update(
+            times_asked=F("times_asked") + 1, last_asked_at=timezone.now()
         )
-        answer = Message.objects.create(
-            conversation=conversation,
-            role=Message.Role.ASSISTANT,
-            status=Message.Status.COMPLETE,
-            content=NOT_COVERED,
-            covered=False,
-            mode=composed.pitch.mode,
-            mode_reason="not covered by your course material",
-            citations=closest,
-            finished_at=timezone.now(),
-        )
-        if not conversation.title:
-            conversation.title = question[:200]
-        conversation.save(update_fields=["title", "updated_at"])
-        best = composed.hits[0] if composed.hits else None
-        where = ""
-        if best is not None:
-            where = best.filename or best.document
-            where = f"{where}, {best.locator}" if best.locator else where
-        report, created = UncoveredQuestion.objects.select_for_update().get_or_create(
-            course=course,
-            normalised=normalised(question),
-            defaults={
-                "question": question,
-                "closest": where[:500],
-                "closest_chunk_id": best.chunk_id if best else None,
-                "closeness": round(closeness, 4),
-            },
-        )
-        if not created:
-            UncoveredQuestion.objects.filter(pk=report.pk).update(
-                times_asked=F("times_asked") + 1, last_asked_at=timezone.now()
-            )
     logger.info(
         "course %s: question not covered (closest %.2f < %.2f): %r",
         course.slug,
-        closeness,
+        near,
         course.covered_from,
         question[:80],
     )
-    return Asked(user_message, answer, created=True)
+    return user_message, answer
 
 
 def ask(*, conversation: Conversation, question: str, client_id: str = "") -> Asked:
@@ -259,51 +270,45 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
             ).first()
             if answer is not None:
                 return Asked(earlier, answer, created=False)
+    course = conversation.course
     history = [
         (message.role, message.content)
         for message in conversation.messages.filter(
             status__in=[Message.Status.COMPLETE, Message.Status.LENGTH]
         ).order_by("-id")[:12][::-1]
     ]
-    composed = compose(
-        course=conversation.course,
-        learner=conversation.learner,
-        question=question,
-        focus=conversation.focus_skill,
-        history=history,
-    )
-    closeness = composed.closeness()
+    hits = retrieval.search(course, question, PASSAGES)
     previous = next((text for role, text in reversed(history) if role == Message.Role.USER), "")
-    if closeness < conversation.course.covered_from and previous:
+    if closeness(hits) < course.covered_from and previous:
         # A follow-up ("why is that?") is about the question before it.
+        hits = retrieval.search(course, f"{previous}\n{question}", PASSAGES)
+    covered = closeness(hits) >= course.covered_from
+    composed = None
+    if covered:
         composed = compose(
-            course=conversation.course,
+            course=course,
             learner=conversation.learner,
             question=question,
             focus=conversation.focus_skill,
             history=history,
-            search=f"{previous}\n{question}",
+            hits=hits,
         )
-        closeness = composed.closeness()
-    if closeness < conversation.course.covered_from:
-        return _not_covered(conversation, question, client_id, composed, closeness)
-    chosen, built, citations = composed.pitch, composed.built, composed.citations
     try:
         with transaction.atomic():
-            if conversation.messages.filter(
-                role=Message.Role.ASSISTANT,
-                status__in=[Message.Status.PENDING, Message.Status.STREAMING],
-            ).exists():
-                raise TutoringError("the tutor is still answering your last question")
-            user_message = Message.objects.create(
-                conversation=conversation,
-                role=Message.Role.USER,
-                content=question,
-                client_id=client_id,
-            )
-            answer = Message.objects.create(
-                conversation=conversation,
-                role=Message.Role.ASSISTANT,
+            if composed is None:
+                chosen = pitch(
+                    learner=conversation.learner,
+                    course=course,
+                    hits=hits,
+                    focus=conversation.focus_skill,
+                )
+                user_message, answer = _not_covered(conversation, question, client_id, hits, chosen)
+                return Asked(user_message, answer, created=True)
+            chosen, built, citations = composed.pitch, composed.built, composed.citations
+            user_message, answer = _save_turn(
+                conversation,
+                question,
+                client_id,
                 status=Message.Status.PENDING,
                 mode=chosen.mode,
                 skill=chosen.skill,
@@ -311,9 +316,6 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
                 citations=citations,
                 prompt_tokens=built.prompt_tokens,
             )
-            if not conversation.title:
-                conversation.title = question[:200]
-            conversation.save(update_fields=["title", "updated_at"])
             request = {
                 "type": "generate",
                 "request_id": str(answer.request_id),
