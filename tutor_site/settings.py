@@ -272,6 +272,12 @@ TUTOR_EMBED_BATCH = env_int("TUTOR_EMBED_BATCH", 64, minimum=1)
 # ... and passages per forward pass of the model: small batches pad less.
 TUTOR_EMBED_ENCODE_BATCH = env_int("TUTOR_EMBED_ENCODE_BATCH", 16, minimum=1)
 TUTOR_TORCH_THREADS = env_int("TUTOR_TORCH_THREADS", 1, minimum=1)
+# "onnx": encode with ONNX Runtime (the model exported once to var/onnx/); "torch": PyTorch.
+TUTOR_EMBEDDING_RUNTIME = env_str("TUTOR_EMBEDDING_RUNTIME", "onnx")
+if TUTOR_EMBEDDING_RUNTIME not in ("onnx", "torch"):
+    raise ImproperlyConfigured(
+        f"TUTOR_EMBEDDING_RUNTIME must be onnx or torch, not {TUTOR_EMBEDDING_RUNTIME!r}"
+    )
 TUTOR_CHUNK_TOKENS = env_int("TUTOR_CHUNK_TOKENS", 200, minimum=32)
 TUTOR_CHUNK_OVERLAP = env_int("TUTOR_CHUNK_OVERLAP", 40, minimum=0)
 TUTOR_SKILL_TAG_THRESHOLD = env_float("TUTOR_SKILL_TAG_THRESHOLD", 0.40)
