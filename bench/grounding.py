@@ -2,15 +2,23 @@
 
 `tutoring.support.check` marks a sentence of an answer "not found in your course material"
 when it judges it not supported by the passages the answer was written from. This script runs
-the check on `bench/grounding_set.jsonl`: answer sentences, each with the passages it was
-written from (the demo course's retrieved chunks) and a human label (supported or not), some
-written by the default model (SmolLM2-135M-Instruct) for the demo's questions, some by hand.
+the check on labelled answer sentences, each with the learner's question, the passages it was
+written from (the demo course's retrieved chunks) and a human label (supported or not):
+
+- `bench/grounding_set.jsonl`, the development set: sentences written by the default model
+  (SmolLM2-135M-Instruct) for the demo's questions, and by hand. The check's rules and
+  constants were chosen on it.
+- `bench/grounding_heldout.jsonl`, the held-out set: sentences written afterwards by two
+  writers who had not seen the check or the development set, one in a good tutor's style, one
+  in a small model's; the check was not changed after it was run on them.
+- `bench/grounding_second_labels.jsonl`: a second labeller's blind labels of the development
+  set, for the agreement between labellers and the check's scores against them.
 
 It reports, with the positive class = labelled unsupported and a positive prediction = the
 check says `supported` False:
 
-- precision and recall of the "not found" mark, overall, by origin and on two halves of the
-  set (even ids: the half the check's constants were chosen on; odd ids: held out);
+- precision and recall of the "not found" mark, by set, origin and style, and on both sets
+  together (the goals);
 - the share of the default model's sentences labelled supported, and judged supported;
 - the check's latency per sentence, warm (the passages' sentence embeddings already in
   `embedding.embed_cached`, as in the chat; the sentence itself new), its own work (the
@@ -23,7 +31,7 @@ Goals: precision >= 0.90, recall >= 0.90, warm p95 <= 10 ms per sentence.
 own prompt (`tutoring.services.compose`) and writes its sentences, unlabelled, to
 `bench/grounding_candidates.jsonl` for a human to label and move into the set.
 
-    .venv/bin/python bench/grounding.py [--set bench/grounding_set.jsonl] [--rounds 3]
+    .venv/bin/python bench/grounding.py [--rounds 3]
     .venv/bin/python bench/grounding.py --collect 72 [--candidates FILE]
 """
 
@@ -49,6 +57,8 @@ if TYPE_CHECKING:
     from tutoring.support import Embed
 
 SET = ROOT / "bench" / "grounding_set.jsonl"
+HELDOUT = ROOT / "bench" / "grounding_heldout.jsonl"
+SECOND_LABELS = ROOT / "bench" / "grounding_second_labels.jsonl"
 CANDIDATES = ROOT / "bench" / "grounding_candidates.jsonl"
 QUESTIONS = ROOT / "knowledge" / "demo" / "questions.json"
 DATABASE = "tutor_bench_grounding"
@@ -73,6 +83,8 @@ class Case:
     origin: str
     kind: str
     answer: str  # the answer the sentence is part of (model sentences), else ""
+    question: str = ""  # the learner's, as the chat passes it to the check
+    style: str = ""  # held-out sentences: "tutor" or "small-model"
 
 
 def read_set(path: Path) -> list[Case]:
@@ -109,15 +121,32 @@ def read_set(path: Path) -> list[Case]:
                 origin=row["origin"],
                 kind=row["kind"],
                 answer=str(row.get("answer", "")),
+                question=str(row.get("question", "")),
+                style=str(row.get("style", "")),
             )
         )
     return cases
 
 
-def calibration_half(case: Case) -> bool:
-    """Even ids (the number at the end of the id): the half the constants were chosen on."""
-    digits = "".join(ch for ch in case.id.rsplit("-", 1)[-1] if ch.isdigit())
-    return int(digits or "0") % 2 == 0
+def read_second_labels(path: Path) -> dict[str, bool]:
+    """id -> the second labeller's label (`supported`)."""
+    labels: dict[str, bool] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            row = json.loads(line)
+            if not isinstance(row.get("id"), str) or not isinstance(row.get("supported"), bool):
+                raise SystemExit(f"{path}:{number}: needs an id and a boolean supported")
+            labels[row["id"]] = row["supported"]
+    return labels
+
+
+def kappa(first: Sequence[bool], second: Sequence[bool]) -> float:
+    """Cohen's kappa of two labellings of the same items."""
+    n = len(first)
+    observed = sum(a == b for a, b in zip(first, second, strict=True)) / n
+    p1, p2 = sum(first) / n, sum(second) / n
+    expected = p1 * p2 + (1 - p1) * (1 - p2)
+    return (observed - expected) / (1 - expected) if expected < 1 else 1.0
 
 
 # --- collecting model answers -----------------------------------------------------------------
@@ -258,13 +287,17 @@ def confusion(cases: Iterable[Case], judged: dict[str, bool]) -> Confusion:
 
 
 def timed(
-    text: str, passages: Sequence[str], embed: Embed, after: Callable[[], None] | None = None
+    text: str,
+    passages: Sequence[str],
+    embed: Embed,
+    after: Callable[[], None] | None = None,
+    question: str = "",
 ) -> tuple[float, int]:
     """(milliseconds, sentences judged) of one call of the check on `text`."""
     from tutoring import support
 
     started = time.perf_counter()
-    judged = len(support.check(text, passages, embed))
+    judged = len(support.check(text, passages, embed, question))
     elapsed = (time.perf_counter() - started) * 1000
     if after is not None:
         after()
@@ -293,7 +326,7 @@ def latencies(cases: Sequence[Case], rounds: int) -> dict[str, list[float]]:
     def plain(text: str) -> list[str]:
         return [support._CITATION.sub("", s) for s in support.sentences(text)]
 
-    answers = {(case.answer, tuple(case.passages)) for case in cases if case.answer}
+    answers = {(case.answer, tuple(case.passages), case.question) for case in cases if case.answer}
     found: dict[str, list[float]] = {
         "warm": [],
         "own": [],
@@ -304,7 +337,9 @@ def latencies(cases: Sequence[Case], rounds: int) -> dict[str, list[float]]:
     for number in range(rounds):
         log(f"latency round {number + 1}/{rounds}: warm, {len(cases)} sentences; {load()}")
         for case in cases:
-            ms, _ = timed(case.sentence, case.passages, embedding.embed_cached)
+            ms, _ = timed(
+                case.sentence, case.passages, embedding.embed_cached, question=case.question
+            )
             found["warm"].append(ms)
             # Again, with the sentence's own vector cached too: the check's own work.
             ms, _ = timed(
@@ -312,18 +347,21 @@ def latencies(cases: Sequence[Case], rounds: int) -> dict[str, list[float]]:
                 case.passages,
                 embedding.embed_cached,
                 forget_new(plain(case.sentence)),
+                case.question,
             )
             found["own"].append(ms)
-        for answer, passages in sorted(answers):
-            ms, count = timed(answer, passages, embedding.embed_cached, forget_new(plain(answer)))
+        for answer, passages, question in sorted(answers):
+            ms, count = timed(
+                answer, passages, embedding.embed_cached, forget_new(plain(answer)), question
+            )
             if count:
                 found["warm answer"].append(ms / count)
     log(f"latency: cold, {len(cases)} sentences and {len(answers)} answers; {load()}")
     for case in cases:
-        ms, _ = timed(case.sentence, case.passages, embedding.embed)
+        ms, _ = timed(case.sentence, case.passages, embedding.embed, question=case.question)
         found["cold"].append(ms)
-    for answer, passages in sorted(answers):
-        ms, count = timed(answer, passages, embedding.embed)
+    for answer, passages, question in sorted(answers):
+        ms, count = timed(answer, passages, embedding.embed, question=question)
         if count:
             found["cold answer"].append(ms / count)
     return found
@@ -333,30 +371,43 @@ def ratio(value: float) -> str:
     return "-" if value != value else f"{value:.3f}"  # NaN: no case to count
 
 
-def evaluate(path: Path, rounds: int) -> bool:
+def evaluate(path: Path, heldout_path: Path, second_path: Path, rounds: int) -> bool:
     from knowledge import embedding
     from tutoring import support
 
-    cases = read_set(path)
+    development = read_set(path)
+    heldout = read_set(heldout_path) if heldout_path.exists() else []
+    cases = development + heldout
+    if len({case.id for case in cases}) != len(cases):
+        raise SystemExit(f"{path.name} and {heldout_path.name} share an id")
     log(
-        f"{len(cases)} labelled sentences in {path.name}; MEANING_WEIGHT "
+        f"{len(development)} development and {len(heldout)} held-out sentences; MEANING_WEIGHT "
         f"{support.MEANING_WEIGHT}, THRESHOLD {support.THRESHOLD}; judging; {load()}"
     )
     embedding.embed(["warm the model up"])
     judged: dict[str, bool] = {}
     for case in cases:
-        found = support.check(case.sentence, case.passages, embedding.embed)
+        found = support.check(case.sentence, case.passages, embedding.embed, case.question)
         if len(found) != 1:
             raise SystemExit(f"{case.id}: the check sees {len(found)} sentences, not one")
         judged[case.id] = found[0].supported
     scopes: list[tuple[str, list[Case]]] = [
-        ("all", list(cases)),
-        *((f"origin {origin}", [c for c in cases if c.origin == origin]) for origin in ORIGINS),
-        ("calibration half (even ids)", [c for c in cases if calibration_half(c)]),
-        ("held-out half (odd ids)", [c for c in cases if not calibration_half(c)]),
+        ("both sets (the goals)", cases),
+        (f"development set ({path.name})", development),
+        *(
+            (f"development, origin {origin}", [c for c in development if c.origin == origin])
+            for origin in ORIGINS
+        ),
+        (f"held-out set ({heldout_path.name})", heldout),
+        *(
+            (f"held-out, {style} style", [c for c in heldout if c.style == style])
+            for style in ("tutor", "small-model")
+        ),
     ]
     rows = []
     for name, chosen in scopes:
+        if not chosen:
+            continue
         counts = confusion(chosen, judged)
         labelled = sum(case.supported for case in chosen)
         checked = sum(judged[case.id] for case in chosen)
@@ -372,18 +423,18 @@ def evaluate(path: Path, rounds: int) -> bool:
                 str(counts.tn),
                 ratio(counts.precision),
                 ratio(counts.recall),
-                f"{labelled / len(chosen):.1%}" if chosen else "-",
-                f"{checked / len(chosen):.1%}" if chosen else "-",
+                f"{labelled / len(chosen):.1%}",
+                f"{checked / len(chosen):.1%}",
             ]
         )
-    timings = latencies(cases, rounds)
+    second = read_second_labels(second_path) if second_path.exists() else {}
+    relabelled = [case for case in development if case.id in second]
+    timings = latencies(development, rounds)
 
     def ms(name: str, q: float) -> float:
         return percentile(timings[name], q)
 
-    import torch
-
-    model_cases = [case for case in cases if case.origin == MODEL_ORIGIN]
+    model_cases = [case for case in development if case.origin == MODEL_ORIGIN]
     kinds: dict[str, int] = {}
     wrong: dict[str, int] = {}
     for case in cases:
@@ -391,8 +442,9 @@ def evaluate(path: Path, rounds: int) -> bool:
         if judged[case.id] != case.supported:
             wrong[case.kind] = wrong.get(case.kind, 0) + 1
     print(
-        f"\nThe support check on {len(cases)} labelled sentences ({len(model_cases)} written by "
-        f"the default model for the demo questions); MEANING_WEIGHT {support.MEANING_WEIGHT}, "
+        f"\nThe support check on {len(cases)} labelled sentences: {len(development)} in the "
+        f"development set ({len(model_cases)} written by the default model for the demo "
+        f"questions), {len(heldout)} held out; MEANING_WEIGHT {support.MEANING_WEIGHT}, "
         f"THRESHOLD {support.THRESHOLD}, WORDS_FROM {support.WORDS_FROM}. Positive = labelled "
         f'unsupported; marked = the check says "not found in your course material".\n'
     )
@@ -421,23 +473,38 @@ def evaluate(path: Path, rounds: int) -> bool:
         + ", ".join(f"{kind} {wrong.get(kind, 0)}/{count}" for kind, count in sorted(kinds.items()))
         + "."
     )
+    if relabelled:
+        mine = [case.supported for case in relabelled]
+        theirs = [second[case.id] for case in relabelled]
+        against = Confusion()
+        for case in relabelled:
+            against.add(second[case.id], judged[case.id])
+        agree = sum(a == b for a, b in zip(mine, theirs, strict=True))
+        print(
+            f"\nSecond labeller ({second_path.name}, blind to the first labels and the check): "
+            f"agrees on {agree}/{len(relabelled)} development sentences (Cohen's kappa "
+            f"{kappa(mine, theirs):.2f}); the check against the second labels: precision "
+            f"{ratio(against.precision)}, recall {ratio(against.recall)}."
+        )
+
+    import torch
+
     print(
-        f"\nLatency of the check per sentence, each sentence checked alone ({len(cases)} "
-        f"sentences, warm {rounds} rounds; torch on {torch.get_num_threads()} threads): warm "
-        f"(passage sentences in `embed_cached`, the sentence new) p50 {ms('warm', 50):.1f} / "
-        f"p95 {ms('warm', 95):.1f} ms, of which the check's own work (the sentence's vector "
-        f"cached too) p50 {ms('own', 50):.1f} / p95 {ms('own', 95):.1f} ms; cold (`embed`, "
-        f"nothing cached) p50 {ms('cold', 50):.1f} / p95 {ms('cold', 95):.1f} ms. Per sentence "
-        f"of the model's {len(timings['cold answer'])} whole answers (one check per answer, "
-        f"its sentences embedded in one batch): warm p50 {ms('warm answer', 50):.1f} / p95 "
-        f"{ms('warm answer', 95):.1f} ms, cold p50 {ms('cold answer', 50):.1f} / p95 "
-        f"{ms('cold answer', 95):.1f} ms; {load()}."
+        f"\nLatency of the check per sentence, each development sentence checked alone "
+        f"({len(development)} sentences, warm {rounds} rounds; embeddings by "
+        f"{'ONNX Runtime' if embedding.onnx_encoder() else 'PyTorch'} on "
+        f"{torch.get_num_threads()} thread(s)): warm (passage sentences in `embed_cached`, the "
+        f"sentence new) p50 {ms('warm', 50):.1f} / p95 {ms('warm', 95):.1f} ms, of which the "
+        f"check's own work (the sentence's vector cached too) p50 {ms('own', 50):.1f} / p95 "
+        f"{ms('own', 95):.1f} ms; cold (`embed`, nothing cached) p50 {ms('cold', 50):.1f} / p95 "
+        f"{ms('cold', 95):.1f} ms. Per sentence of the model's {len(timings['cold answer'])} "
+        f"whole answers (one check per answer, its sentences embedded in one batch): warm p50 "
+        f"{ms('warm answer', 50):.1f} / p95 {ms('warm answer', 95):.1f} ms, cold p50 "
+        f"{ms('cold answer', 50):.1f} / p95 {ms('cold answer', 95):.1f} ms; {load()}."
     )
     whole = confusion(cases, judged)
-    halves = [
-        confusion([c for c in cases if calibration_half(c) is half], judged)
-        for half in (True, False)
-    ]
+    dev = confusion(development, judged)
+    held = confusion(heldout, judged)
     passed = (
         whole.precision >= GOAL_PRECISION
         and whole.recall >= GOAL_RECALL
@@ -446,10 +513,11 @@ def evaluate(path: Path, rounds: int) -> bool:
     print(
         f'\nSUMMARY grounding: "not found" precision {ratio(whole.precision)} / recall '
         f"{ratio(whole.recall)} on {whole.total} sentences (goals >= {GOAL_PRECISION:.2f}; "
-        f"held-out half {ratio(halves[1].precision)} / {ratio(halves[1].recall)}); the default "
-        f"model's sentences supported: {sum(c.supported for c in model_cases)}/{len(model_cases)} "
-        f"by label, {sum(judged[c.id] for c in model_cases)} by the check; check latency warm "
-        f"p50 {ms('warm', 50):.1f} / p95 {ms('warm', 95):.1f} ms per sentence (goal <= "
+        f"development {ratio(dev.precision)} / {ratio(dev.recall)}, held-out "
+        f"{ratio(held.precision)} / {ratio(held.recall)}); the default model's sentences "
+        f"supported: {sum(c.supported for c in model_cases)}/{len(model_cases)} by label, "
+        f"{sum(judged[c.id] for c in model_cases)} by the check; check latency warm p50 "
+        f"{ms('warm', 50):.1f} / p95 {ms('warm', 95):.1f} ms per sentence (goal <= "
         f"{GOAL_WARM_MS:.0f} ms), cold p95 {ms('cold', 95):.1f} ms; {load()}: "
         f"{'PASS' if passed else 'FAIL'}"
     )
@@ -459,6 +527,8 @@ def evaluate(path: Path, rounds: int) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--set", type=Path, default=SET)
+    parser.add_argument("--heldout", type=Path, default=HELDOUT)
+    parser.add_argument("--second-labels", type=Path, default=SECOND_LABELS)
     parser.add_argument("--collect", type=int, default=0, metavar="N")
     parser.add_argument("--candidates", type=Path, default=CANDIDATES)
     parser.add_argument("--rounds", type=int, default=3, help="warm latency rounds")
@@ -468,7 +538,9 @@ def main() -> int:
     if args.collect:
         collect(args.collect, args.candidates)
         return 0
-    evaluate(args.set, args.rounds)  # the verdict is in the SUMMARY line, as in the others
+    evaluate(
+        args.set, args.heldout, args.second_labels, args.rounds
+    )  # the verdict is in the SUMMARY line, as in the others
     return 0
 
 

@@ -35,12 +35,14 @@ def save_answer(finished: Any) -> None:
         logger.info("finished request %s has no message to save to", finished.request_id)
 
 
-def judge_sentences(passages: list[dict[str, Any]], said: list[str]) -> list[dict[str, Any]]:
+def judge_sentences(
+    passages: list[dict[str, Any]], said: list[str], question: str = ""
+) -> list[dict[str, Any]]:
     """The support check of an answer's sentences against the passages it was written from
-    (their stored sentence vectors; only the new sentences are embedded)."""
+    (their stored sentence vectors; only the new sentences are embedded) and the question."""
     chunk_ids = [p["chunk"] for p in passages if isinstance(p.get("chunk"), int)]
     embed = sentences.embedder(sentences.stored(chunk_ids))
-    judged = support.check_sentences(said, [p["text"] for p in passages], embed)
+    judged = support.check_sentences(said, [p["text"] for p in passages], embed, question)
     return [
         {
             "sentence": mark.sentence,
@@ -48,6 +50,8 @@ def judge_sentences(passages: list[dict[str, Any]], said: list[str]) -> list[dic
             "score": mark.score,
             "missing_figures": mark.missing_figures,
             "negation_flipped": mark.negation_flipped,
+            "opposed": mark.opposed,
+            "overstated": mark.overstated,
         }
         for mark in judged
     ]

@@ -22,9 +22,9 @@ and, while no token comes (a long prompt being read), every 5 s::
 
     {"type": "chat.alive", "request_id": str}
 
-and, when the request carries `passages` ([{"text": str, "chunk": int | None}, ...]) and a
-judge is configured (TUTOR_INFERENCE_JUDGE), the support check of each sentence as it
-completes, while the answer streams on::
+and, when the request carries `passages` ([{"text": str, "chunk": int | None}, ...], and
+optionally the learner's `question`, str) and a judge is configured (TUTOR_INFERENCE_JUDGE),
+the support check of each sentence as it completes, while the answer streams on::
 
     {"type": "chat.support", "request_id": str, "marks": [{"sentence": str,
      "supported": bool, "score": float, ...}, ...]}
@@ -106,8 +106,8 @@ CLAIM_SECONDS = 180
 
 OnFinish = Callable[["Finished"], None]
 IsCancelled = Callable[[str, "int | None"], bool]
-# The support check: (passages, sentences) -> one mark per judged sentence.
-Judge = Callable[[list[dict[str, Any]], list[str]], list[dict[str, Any]]]
+# The support check: (passages, sentences, question) -> one mark per judged sentence.
+Judge = Callable[[list[dict[str, Any]], list[str], str], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,7 @@ class Request:
     reply_channel: str | None
     message_id: int | None
     passages: list[dict[str, Any]] = field(default_factory=list)
+    question: str = ""
 
     @classmethod
     def parse(cls, payload: Any, context_tokens: int) -> Request:
@@ -170,6 +171,7 @@ class Request:
             reply_channel=reply_channel,
             message_id=_optional(payload, "message_id", int),
             passages=_passages(payload.get("passages")),
+            question=_optional(payload, "question", str) or "",
         )
 
 
@@ -662,7 +664,9 @@ class Worker:
         if self.judge is None or not said:
             return
         try:
-            marks = await database_sync_to_async(self.judge)(request.passages, said)
+            marks = await database_sync_to_async(self.judge)(
+                request.passages, said, request.question
+            )
         except Exception:  # a missing mark never ends the answer
             logger.warning("the support check failed for %s", request.request_id, exc_info=True)
             return

@@ -328,6 +328,7 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
                 "reply_channel": None,
                 # What the worker checks each sentence against, as it streams.
                 "passages": [{"text": c["text"], "chunk": c["chunk"]} for c in citations],
+                "question": question,
             }
             transaction.on_commit(lambda: send_to_worker(request))
     except IntegrityError:

@@ -137,3 +137,82 @@ def test_the_extract_quotes_the_passage_sentences_that_answer_the_question() -> 
     # Nothing close enough: nothing quoted.
     assert support.extract("What is the capital of Peru?", numbered, embedding.embed) == []
     assert support.extract("Why prime a pump?", [], embedding.embed) == []
+
+
+# ---------------------------------------------------------------- reading claims closely
+
+CLOSE_READING = [
+    "Personal locks are red, carry the owner's name, and are used for nothing else.",
+    "Halve the regreasing interval for every 15 C that the bearing runs above 70 C.",
+    "For medium machines on rigid foundations, the vibration limit is 2.8 mm/s.",
+    "Wear safety glasses when grinding and when cutting.",
+]
+LOCK_QUESTION = "My colleague went home with his lock still on the isolator. Can I take it off?"
+
+
+def _read(sentence: str, question: str = "") -> support.Judged:
+    judged = support.check(sentence, PASSAGES + CLOSE_READING, embedding.embed, question)
+    assert len(judged) == 1
+    return judged[0]
+
+
+@pytest.mark.parametrize(("verdict", "supported"), [("The answer is no.", True), ("No.", True)])
+def test_a_bare_no_is_judged_as_the_answer_to_the_question(verdict: str, supported: bool) -> None:
+    assert _read(verdict, LOCK_QUESTION).supported is supported
+
+
+def test_a_bare_yes_against_a_never_is_marked_and_a_verdict_without_its_question_too() -> None:
+    wrong = _read("Yes.", LOCK_QUESTION)
+    assert not wrong.supported
+    assert wrong.negation_flipped
+    assert not _read("The answer is no.").supported  # nothing to be the answer to
+
+
+def test_numbers_in_words_are_checked_like_digits() -> None:
+    assert _read("Check the alignment again after eight hours of running.").supported
+    wrong = _read("Check the alignment again after twelve hours of running.")
+    assert not wrong.supported
+    assert wrong.missing_figures == ["12 hour"]
+
+
+def test_the_learners_figures_and_working_shown_from_them_are_not_invented() -> None:
+    question = "My bearing runs at 100 C. How much more often should I regrease it?"
+    worked = "At 100 C the bearing runs 30 C above 70 C, so halve the interval twice."
+    assert _read(worked, question).missing_figures == []  # 100 asked, 30 = 100 - 70
+    assert _read(worked).missing_figures == ["100 c", "30 c"]  # without the question
+    assert _read(worked.replace("30 C", "40 C"), question).missing_figures == ["40 c"]
+
+
+def test_a_negation_counts_only_in_the_clause_the_sentence_speaks_of() -> None:
+    # The passage's "nothing else" is about another clause than this copy of its first part.
+    copied = _read("Personal locks are red and carry the owner's name.")
+    assert copied.supported
+    assert not copied.negation_flipped
+
+
+def test_an_antonym_of_the_passages_word_is_a_contradiction() -> None:
+    wrong = _read("For medium machines on flexible foundations, the vibration limit is 2.8 mm/s.")
+    assert not wrong.supported
+    assert wrong.opposed == ["flexible/rigid"]
+    assert support.antonyms()["rigid"] >= {"flexible"}
+
+
+def test_an_only_the_passage_does_not_say_overstates_it() -> None:
+    wrong = _read("Safety glasses are only needed when grinding.")
+    assert not wrong.supported
+    assert wrong.overstated == ["only"]
+    assert _read("Safety glasses are needed when grinding.").supported
+
+
+def test_the_command_takes_the_question(tmp_path: Path) -> None:
+    passages = tmp_path / "passages.txt"
+    passages.write_text("\n\n".join(PASSAGES))
+    answer = tmp_path / "answer.txt"
+    answer.write_text("No. Remove the lock yourself.")
+    out = StringIO()
+    call_command("support_check", str(passages), str(answer), question=LOCK_QUESTION, stdout=out)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line["sentence"], line["supported"]) for line in lines] == [
+        ("No.", True),
+        ("Remove the lock yourself.", False),
+    ]

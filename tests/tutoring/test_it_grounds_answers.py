@@ -132,6 +132,32 @@ def test_the_worker_marks_an_invented_figure_and_keeps_a_copied_sentence(
     assert marks[1]["missing_figures"] == ["90 n"]
 
 
+def test_the_worker_judges_a_bare_answer_against_the_learners_question(
+    chat: Conversation,
+    material: Course,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """The request carries the question to the worker, whose judge reads "No." as the answer to
+    it: supported where the passage nearest the question says not."""
+    from tutoring import inference
+    from tutoring.hooks import judge_sentences
+
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(services, "send_to_worker", sent.append)
+    question = "Can I start the pump without priming it, if I am quick?"
+    with django_capture_on_commit_callbacks(execute=True):
+        services.ask(conversation=chat, question=question, client_id="bare-answer")
+    request = inference.Request.parse(sent[0], 2048)
+    assert request.question == question
+    assert request.passages
+    marks = judge_sentences(request.passages, ["No.", "Yes."], request.question)
+    assert [(m["sentence"], m["supported"]) for m in marks] == [("No.", True), ("Yes.", False)]
+    assert judge_sentences(request.passages, ["No."]) == []  # no question: nothing to judge
+    with pytest.raises(inference.RequestError, match="question must be a str"):
+        inference.Request.parse({**sent[0], "question": 7}, 2048)
+
+
 def test_a_question_outside_the_material_is_not_answered_by_the_model(
     channel_layer_on_test_database: None,
     chat: Conversation,

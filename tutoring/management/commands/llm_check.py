@@ -321,7 +321,7 @@ class Command(BaseCommand):
         passages = [citation["text"] for citation in composed.citations]
         # The check the chat's worker runs: against the passages' stored sentence vectors.
         known = sentences.stored(citation["chunk"] for citation in composed.citations)
-        judged = support.check(finished.text, passages, sentences.embedder(known))
+        judged = support.check(finished.text, passages, sentences.embedder(known), question)
         result = Result(question, composed.pitch.mode, len(passages), finished, judged)
         rate = result.tokens_per_second
         self._progress(

@@ -22,6 +22,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("passages", type=Path)
         parser.add_argument("answer", type=Path)
+        parser.add_argument(
+            "--question",
+            default="",
+            help="the learner's question: its figures count as known, and a bare yes or no "
+            "is judged as the answer to it",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         texts = []
@@ -33,5 +39,5 @@ class Command(BaseCommand):
         passages = support.read_passages(texts[0])
         if not passages:
             raise CommandError(f"{options['passages']} holds no passage")
-        for judged in support.check(texts[1], passages, embedding.embed):
+        for judged in support.check(texts[1], passages, embedding.embed, options["question"]):
             self.stdout.write(json.dumps(judged.as_json(), ensure_ascii=False))
