@@ -26,8 +26,16 @@ _MARKUP = re.compile(r"[*_`#>]+")
 _LIST_MARK = re.compile(r"^(?:[-+]\s+|\d+[.)]\s+)")
 
 
-def split(text: str) -> list[str]:
-    """The sentences of a passage or an answer (list items and lines count as sentences)."""
+def split(text: str, *, prose_only: bool = False) -> list[str]:
+    """The sentences of a passage or an answer (list items and lines count as sentences).
+
+    prose_only: the running text alone, as check questions are cut from it: headings, list
+    items and table rows are left out, and a sentence may run across line breaks.
+    """
+    if prose_only:
+        lines = [line.strip() for line in text.splitlines()]
+        kept = (line for line in lines if line and not line.startswith(("#", "|", "-", "*")))
+        return [part.strip() for part in _SENTENCE_END.split(" ".join(kept)) if part.strip()]
     found: list[str] = []
     for line in text.splitlines():
         line = _LIST_MARK.sub("", _MARKUP.sub("", line).strip())

@@ -24,6 +24,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from knowledge import sentences
 from learners.models import Item
 
 MAX_RESPONSE_CHARS = 1000
@@ -44,7 +45,6 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*[A-Za-z]|\d+(?:[.,]\d+)?")
 _QUANTITY = re.compile(
     r"(?<![\w.])(\d+(?:[.,]\d+)?)\s?(%|°C|°F|[A-Za-z][A-Za-z·/]*(?:\s(?:per|a)\s[a-z]+)?)"
 )
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
 
 class CheckError(Exception):
@@ -70,7 +70,7 @@ def make_completion(text: str, other_terms: list[str]) -> tuple[str, str, list[s
     content words of the course's material, never the term itself.
     """
     best: tuple[float, str, str] | None = None
-    for sentence in _sentences(text):
+    for sentence in sentences.split(text, prose_only=True):
         words = _WORD.findall(sentence)
         if not 8 <= len(words) <= 45:
             continue
@@ -95,12 +95,6 @@ def make_completion(text: str, other_terms: list[str]) -> tuple[str, str, list[s
         return None
     blanked = sentence.replace(term, BLANK, 1)
     return blanked, term, distractors[:3]
-
-
-def _sentences(text: str) -> list[str]:
-    lines = [line.strip() for line in text.splitlines()]
-    prose = " ".join(line for line in lines if line and not line.startswith(("#", "|", "-", "*")))
-    return [s.strip() for s in _SENTENCE_END.split(prose) if s.strip()]
 
 
 def _is_content(word: str) -> bool:
