@@ -30,7 +30,9 @@ from tests.tutoring.conftest import (
 )
 from tutoring.inference import FRAME_SECONDS, RECEIVE_RETRY_SECONDS
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+# django_db: the workers read the test database; without a test marked so, pytest-django would
+# not create it when this file runs alone, and the demo course would be looked for elsewhere.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180), pytest.mark.django_db]
 
 T = TypeVar("T")
 FIELDS = (
