@@ -8,9 +8,9 @@ written from (the demo course's retrieved chunks) and a human label (supported o
 - `bench/grounding_set.jsonl`, the development set: sentences written by the default model
   (SmolLM2-135M-Instruct) for the demo's questions, and by hand. The check's rules and
   constants were chosen on it.
-- `bench/grounding_heldout.jsonl`, the held-out set: sentences written afterwards by two
-  writers who had not seen the check or the development set, one in a good tutor's style, one
-  in a small model's; the check was not changed after it was run on them.
+- `bench/grounding_heldout.jsonl`, the held-out set: sentences written afterwards by three
+  writers who had not seen the check or the development set, in a good tutor's style and in a
+  small model's; the check was not changed after it was run on them.
 - `bench/grounding_second_labels.jsonl`: a second labeller's blind labels of the development
   set, for the agreement between labellers and the check's scores against them.
 
