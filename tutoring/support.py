@@ -1,21 +1,33 @@
 """The support check: is each sentence the model wrote backed by the retrieved passages?
 
-A sentence is scored against the passages' own sentences with three signals:
+A sentence is scored against the passages' own sentences with two signals:
 
 - meaning: the cosine similarity of its embedding (the local embedding model) to the closest
   passage sentence;
 - words: the share of its content words that occur in the WORDS_FROM passage sentences closest
   to it in meaning (not anywhere in the passages: a sentence stitched from words of unrelated
   passage sentences is not backed by any of them);
-- figures: every number with its unit (a torque, a pressure, an interval) must appear in a
-  passage, and the closest passage sentence must not say the opposite (one of the two negated,
-  the other not).
 
-score = MEANING_WEIGHT * meaning + (1 - MEANING_WEIGHT) * words; a sentence is supported when
-the score reaches THRESHOLD, no figure is missing and no negation is flipped.
+score = MEANING_WEIGHT * meaning + (1 - MEANING_WEIGHT) * words. It is supported when the score
+reaches THRESHOLD and none of these holds:
+
+- missing figures: a number with its unit (a torque, a pressure, an interval; in digits or
+  words) in no passage, nor in the learner's question, nor worked out from two known numbers of
+  the same sentence;
+- a flipped negation: the clause of the closest passage sentence that the sentence speaks of is
+  negated and the sentence isn't, or the other way round;
+- an opposed word: it uses the antonym (WordNet 3.0, `antonyms.txt`) of a word of the closest
+  passage sentence instead of that word;
+- an overstatement: an exclusive word ("only", "always", "on its own") the closest passage
+  sentence doesn't use.
+
+A bare "yes" or "no" is judged as the answer to the learner's question, by the polarity of the
+passage sentence closest to the question.
 
 Pure: the caller passes the embedding function (`knowledge.embedding.embed` in the app), so the
-chat, the API and `manage.py support_check` run exactly the same check.
+chat, the API and `manage.py support_check` run exactly the same check. What it cannot see (a
+term swapped for another term of the same passages, an order reversed) and how often: see
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ Embed = Callable[[Sequence[str]], np.ndarray]
 
 ANTONYMS = Path(__file__).resolve().parent / "antonyms.txt"
 
-# Chosen on the even-numbered half of bench/grounding_set.jsonl (bench/grounding.py).
+# Chosen on the development set, bench/grounding_set.jsonl (bench/grounding.py).
 MEANING_WEIGHT = 0.5
 THRESHOLD = 0.67
 WORDS_FROM = 3
@@ -180,6 +192,9 @@ def _negated(text: str) -> bool:
     return bool(_NEGATION.search(text))
 
 
+_NEGATION_CONTENT = content_words(_NEGATION_WORDS)  # "nothing", "cannot": not a clause's subject
+
+
 @lru_cache(maxsize=8192)
 def _clauses(text: str) -> tuple[tuple[bool, frozenset[str]], ...]:
     """(negated, content words) of each clause (passage sentences come again and again)."""
@@ -207,9 +222,6 @@ def _negated_where_shared(text: str, other: Set[str]) -> bool:
         for (negated, words), n in zip(clauses, shared, strict=True)
         if words and (n == most or 2 * n > len(words))
     )
-
-
-_NEGATION_CONTENT = content_words(_NEGATION_WORDS)
 
 
 @lru_cache(maxsize=1)
@@ -268,13 +280,14 @@ def _verdict(
 
 
 def check(answer: str, passages: Sequence[str], embed: Embed, question: str = "") -> list[Judged]:
-    """Judge every sentence of `answer` against `passages`; `question`, where given, is the
-    learner's: its figures count as known, and a bare "yes" or "no"
-    is judged as the answer to it."""
+    """Judge every sentence of `answer` against `passages`. `question`, where given, is the
+    learner's: its figures count as known, and a bare "yes" or "no" is judged as the answer to
+    it."""
     said = [
         s
         for s in sentences(answer)
-        if content_words(_CITATION.sub("", s)) or (question and _VERDICT.match(s))
+        if content_words(_CITATION.sub("", s))
+        or (question and _VERDICT.match(_CITATION.sub("", s)))
     ]
     if not said:
         return []
