@@ -52,6 +52,7 @@ def judge_sentences(
             "negation_flipped": mark.negation_flipped,
             "opposed": mark.opposed,
             "overstated": mark.overstated,
+            "closest": mark.closest,
         }
         for mark in judged
     ]

@@ -75,6 +75,8 @@ _EXCLUSIVE = frozenset(
 _TOKEN = re.compile(r"[a-z]+")
 # "The answer is no.", "Yes!": a verdict on the question, with no claim of its own.
 _VERDICT = re.compile(r"^\W*(?:the\s+answer\s+is\s+)?(yes|no)\W*$", re.IGNORECASE)
+# "The answer to this question is:": a lead-in to what follows, no claim of its own.
+_LEAD_IN = re.compile(r":\s*$")
 # Words after a number that are not its unit.
 _NOT_UNIT_TEXT = """a an and or the of to in on at by for with from is are was were be as it its
     this that x"""
@@ -280,14 +282,17 @@ def _verdict(
 
 
 def check(answer: str, passages: Sequence[str], embed: Embed, question: str = "") -> list[Judged]:
-    """Judge every sentence of `answer` against `passages`. `question`, where given, is the
-    learner's: its figures count as known, and a bare "yes" or "no" is judged as the answer to
-    it."""
+    """Judge every sentence of `answer` against `passages` (not a lead-in ending in a colon,
+    nor one without a content word). `question`, where given, is the learner's: its figures
+    count as known, and a bare "yes" or "no" is judged as the answer to it."""
     said = [
         s
         for s in sentences(answer)
-        if content_words(_CITATION.sub("", s))
-        or (question and _VERDICT.match(_CITATION.sub("", s)))
+        if not _LEAD_IN.search(s)
+        and (
+            content_words(_CITATION.sub("", s))
+            or (question and _VERDICT.match(_CITATION.sub("", s)))
+        )
     ]
     if not said:
         return []

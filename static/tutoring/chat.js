@@ -181,8 +181,34 @@
     if (!missing.length) return;
     answer.unsupported.appendChild(el("p", "not-found-title small", "⚠ Not found in your course material — check these against your sources:"));
     var list = el("ul", "not-found-list small");
-    missing.forEach(function (mark) { list.appendChild(el("li", null, mark.sentence)); });
+    missing.forEach(function (mark) {
+      var item = el("li");
+      item.appendChild(el("span", "said", mark.sentence));
+      var why = whyMarked(mark);
+      item.appendChild(el("span", "why", " — " + why + "."));
+      // The passage sentence it speaks of, to compare with; none where no passage does.
+      if (mark.closest && why !== NOWHERE) {
+        item.appendChild(el("span", "closest", "The material says: “" + mark.closest + "”"));
+      }
+      list.appendChild(item);
+    });
     answer.unsupported.appendChild(list);
+  }
+
+  var NOWHERE = "no passage of the material says this";
+
+  // Why the check marked a sentence, from its signals (tutoring/support.py).
+  function whyMarked(mark) {
+    if (mark.missing_figures && mark.missing_figures.length) {
+      return "the material does not give " + mark.missing_figures.join(", ");
+    }
+    if (mark.overstated && mark.overstated.length) {
+      return "the material does not say “" + mark.overstated.join("”, “") + "”";
+    }
+    if (mark.negation_flipped || (mark.opposed && mark.opposed.length)) {
+      return "the material says the opposite";
+    }
+    return NOWHERE;
   }
 
   function renderExtract(answer, quotes) {

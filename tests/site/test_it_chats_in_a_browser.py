@@ -362,7 +362,18 @@ def test_a_learner_asks_sees_the_answer_stream_and_moves_the_mastery_meter(
         expect(answer.locator(".not-found-title")).to_contain_text(
             "Not found in your course material"
         )
-        expect(answer.locator(".not-found li").first).to_have_text(missing[0])
+        first = answer.locator(".not-found li").first
+        expect(first.locator(".said")).to_have_text(missing[0])
+        # Why, in words, and (unless no passage speaks of it) the passage sentence it is about.
+        why = first.locator(".why")
+        expect(why).to_have_text(
+            re.compile(r"the material (does not (give|say)|says the opposite)|no passage")
+        )
+        closest = next(mark["closest"] for mark in done["support"] if not mark["supported"])
+        if "no passage" in why.inner_text():
+            expect(first.locator(".closest")).to_have_count(0)
+        else:
+            expect(first.locator(".closest")).to_contain_text(closest)
 
     # Its sources: the priming notes are among them, and a click opens the passage.
     summaries = answer.locator(".citations summary")

@@ -66,6 +66,7 @@ def test_it_judges_each_kind_of_sentence(sentence: str, supported: bool, why: st
 
 def test_it_splits_an_answer_into_sentences_and_skips_empty_ones() -> None:
     answer = (
+        "The answer to your question is:\n"  # a lead-in, not a claim
         "**Priming.** The casing is filled with liquid before start-up [3].\n\n"
         "- Tighten the coupling bolts to 45 N·m.\n1. Then pumps fly to the moon.\n[2]"
     )

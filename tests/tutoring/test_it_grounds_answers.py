@@ -130,6 +130,8 @@ def test_the_worker_marks_an_invented_figure_and_keeps_a_copied_sentence(
     )
     assert [mark["supported"] for mark in marks] == [True, False]
     assert marks[1]["missing_figures"] == ["90 n"]
+    # The passage sentence it comes closest to, shown beside it for the learner to compare.
+    assert marks[1]["closest"].startswith("The casing bolts of the P-100 pump are tightened to 45")
 
 
 def test_the_worker_judges_a_bare_answer_against_the_learners_question(

@@ -109,7 +109,8 @@ class Command(BaseCommand):
         "TUTOR_LLM_CONTEXT, TUTOR_LLM_THREADS, TUTOR_LLM_GPU_LAYERS), ask it a course's "
         "questions with the chat's own prompts at temperature 0, and report the load time, each "
         "answer's time to first token and tokens/s, their medians, and the share of the "
-        "answers' sentences that the cited passages support. Progress goes to stderr."
+        "answers' sentences that the cited passages support (each distinct sentence of an "
+        "answer once: a model looping on a line is not counted again). Progress goes to stderr."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -322,6 +323,9 @@ class Command(BaseCommand):
         # The check the chat's worker runs: against the passages' stored sentence vectors.
         known = sentences.stored(citation["chunk"] for citation in composed.citations)
         judged = support.check(finished.text, passages, sentences.embedder(known), question)
+        # Each distinct sentence once: a small model looping on a copied heading would
+        # otherwise count as mostly supported.
+        judged = list({j.sentence: j for j in judged}.values())
         result = Result(question, composed.pitch.mode, len(passages), finished, judged)
         rate = result.tokens_per_second
         self._progress(
