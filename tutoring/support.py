@@ -152,15 +152,11 @@ def figures(text: str) -> set[str]:
     return {f"{number} {unit}".strip() for number, unit in _figures(text)}
 
 
-def _value(number: str) -> float:
-    return float(number.replace(",", ""))
-
-
 def _derived(number: str, others: Sequence[str]) -> bool:
     """Whether `number` is the sum, difference, product or quotient of two other numbers of the
     same sentence (the working shown: "a likelihood of 4 and a severity of 4 give 16")."""
-    value = _value(number)
-    known = [_value(other) for other in others]
+    value = float(number)  # thousands commas are gone already (`_figures`)
+    known = [float(other) for other in others]
     for i, a in enumerate(known):
         for b in known[i + 1 :]:
             results = (a + b, abs(a - b), a * b, a / b if b else None, b / a if a else None)
@@ -258,18 +254,21 @@ def _overstated(text: str, theirs: str) -> list[str]:
 
 
 def _verdict(
-    sentence: str, question: str, source: Sequence[str], vectors: np.ndarray, embed: Embed
+    sentence: str,
+    said: str,
+    question: str,
+    source: Sequence[str],
+    vectors: np.ndarray,
+    embed: Embed,
 ) -> Judged:
-    """A bare "yes" or "no", judged against the passage sentence closest to the question: "no"
-    is supported where that sentence says not or never, "yes" where it doesn't."""
-    match = _VERDICT.match(_CITATION.sub("", sentence))
-    assert match is not None
+    """A bare "yes" or "no" (`said`), judged against the passage sentence closest to the
+    question: "no" is supported where that sentence says not or never, "yes" where it doesn't."""
     asked = embed([question])[0]
     closeness = vectors @ asked
     best = int(np.argmax(closeness))
     meaning = float(max(0.0, closeness[best]))
     says_no = _negated(source[best])
-    agrees = (match.group(1).casefold() == "no") == says_no
+    agrees = (said.casefold() == "no") == says_no
     return Judged(
         sentence=sentence,
         supported=agrees,
@@ -285,21 +284,17 @@ def check(answer: str, passages: Sequence[str], embed: Embed, question: str = ""
     """Judge every sentence of `answer` against `passages` (not a lead-in ending in a colon,
     nor one without a content word). `question`, where given, is the learner's: its figures
     count as known, and a bare "yes" or "no" is judged as the answer to it."""
+    # (the sentence, the sentence without its citations)
+    cited = [(s, _CITATION.sub("", s)) for s in sentences(answer) if not _LEAD_IN.search(s)]
     said = [
-        s
-        for s in sentences(answer)
-        if not _LEAD_IN.search(s)
-        and (
-            content_words(_CITATION.sub("", s))
-            or (question and _VERDICT.match(_CITATION.sub("", s)))
-        )
+        (s, text) for s, text in cited if content_words(text) or (question and _VERDICT.match(text))
     ]
     if not said:
         return []
     source = [s for passage in passages for s in sentences(passage)]
     if not source:
-        return [Judged(s, False, 0.0, 0.0, 0.0) for s in said]
-    plain = [_CITATION.sub("", s) for s in said]
+        return [Judged(s, False, 0.0, 0.0, 0.0) for s, _ in said]
+    plain = [text for _, text in said]
     vectors = embed([*plain, *source])
     mine, theirs = vectors[: len(plain)], vectors[len(plain) :]
     similarity = mine @ theirs.T
@@ -309,9 +304,10 @@ def check(answer: str, passages: Sequence[str], embed: Embed, question: str = ""
     known = {f"{number} {unit}".strip() for number, unit in given}
     units = UNITS | {unit for _, found in facts for _, unit in found if unit}
     judged = []
-    for row, (sentence, text) in enumerate(zip(said, plain, strict=True)):
-        if question and _VERDICT.match(text):
-            judged.append(_verdict(sentence, question, source, theirs, embed))
+    for row, (sentence, text) in enumerate(said):
+        verdict = _VERDICT.match(text) if question else None
+        if verdict is not None:
+            judged.append(_verdict(sentence, verdict.group(1), question, source, theirs, embed))
             continue
         ranked = np.argsort(-similarity[row], kind="stable")
         best = int(ranked[0])
