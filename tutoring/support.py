@@ -152,11 +152,22 @@ def figures(text: str) -> set[str]:
     return {f"{number} {unit}".strip() for number, unit in _figures(text)}
 
 
+def _float(number: str) -> float | None:
+    """The value of a figure's number (thousands commas are gone already, `_figures`), or None
+    for one that is no number, such as a version "5.1.2"."""
+    try:
+        return float(number)
+    except ValueError:
+        return None
+
+
 def _derived(number: str, others: Sequence[str]) -> bool:
     """Whether `number` is the sum, difference, product or quotient of two other numbers of the
     same sentence (the working shown: "a likelihood of 4 and a severity of 4 give 16")."""
-    value = float(number)  # thousands commas are gone already (`_figures`)
-    known = [float(other) for other in others]
+    value = _float(number)
+    known = [found for found in map(_float, others) if found is not None]
+    if value is None:
+        return False
     for i, a in enumerate(known):
         for b in known[i + 1 :]:
             results = (a + b, abs(a - b), a * b, a / b if b else None, b / a if a else None)

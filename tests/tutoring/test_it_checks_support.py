@@ -82,6 +82,15 @@ def test_it_splits_an_answer_into_sentences_and_skips_empty_ones() -> None:
     assert not support.check("Pumps move liquid.", [], embedding.embed)[0].supported
 
 
+def test_a_figure_that_is_no_number_is_missing_rather_than_a_failure() -> None:
+    # "5.1.2" reads as one figure; it is not a value to do arithmetic with.
+    judged = support.check(
+        "Use version 5.1.2 with 3 bolts and 4 nuts.", ["Use 3 bolts and 4 nuts."], embedding.embed
+    )
+    assert judged[0].missing_figures == ["5.1.2"]
+    assert not judged[0].supported
+
+
 def test_figures_keep_their_units() -> None:
     assert support.figures("Tighten to 45 N·m, then wait 8 hours at 3.5 bar or 50 %.") == {
         "45 n·m",
