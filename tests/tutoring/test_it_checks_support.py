@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -101,21 +102,27 @@ def test_figures_keep_their_units() -> None:
     assert support.figures("Step 2 of the 4 steps") == {"2", "4 step"}
 
 
-def test_the_command_prints_one_json_line_per_sentence(tmp_path: Path) -> None:
+def _run_command(tmp_path: Path, answer: str, **options: str) -> list[dict[str, Any]]:
+    """`manage.py support_check` on PASSAGES and `answer`: its JSON lines."""
     passages = tmp_path / "passages.txt"
     passages.write_text("\n\n".join(PASSAGES))
-    answer = tmp_path / "answer.txt"
-    answer.write_text("Tighten the coupling bolts to 45 N·m. Tighten them to 90 N·m.")
+    answer_file = tmp_path / "answer.txt"
+    answer_file.write_text(answer)
     out = StringIO()
-    call_command("support_check", str(passages), str(answer), stdout=out)
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    call_command("support_check", str(passages), str(answer_file), stdout=out, **options)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_the_command_prints_one_json_line_per_sentence(tmp_path: Path) -> None:
+    answer = "Tighten the coupling bolts to 45 N·m. Tighten them to 90 N·m."
+    lines = _run_command(tmp_path, answer)
     assert [(line["sentence"], line["supported"]) for line in lines] == [
         ("Tighten the coupling bolts to 45 N·m.", True),
         ("Tighten them to 90 N·m.", False),
     ]
     assert all(0.0 <= line["score"] <= 1.0 for line in lines)
     # The command runs exactly the chat's check.
-    expected = support.check(answer.read_text(), PASSAGES, embedding.embed)
+    expected = support.check(answer, PASSAGES, embedding.embed)
     assert [line["score"] for line in lines] == [j.score for j in expected]
 
 
@@ -215,13 +222,7 @@ def test_an_only_the_passage_does_not_say_overstates_it() -> None:
 
 
 def test_the_command_takes_the_question(tmp_path: Path) -> None:
-    passages = tmp_path / "passages.txt"
-    passages.write_text("\n\n".join(PASSAGES))
-    answer = tmp_path / "answer.txt"
-    answer.write_text("No. Remove the lock yourself.")
-    out = StringIO()
-    call_command("support_check", str(passages), str(answer), question=LOCK_QUESTION, stdout=out)
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    lines = _run_command(tmp_path, "No. Remove the lock yourself.", question=LOCK_QUESTION)
     assert [(line["sentence"], line["supported"]) for line in lines] == [
         ("No.", True),
         ("Remove the lock yourself.", False),
