@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tutor_site.settings")
 django.setup()
 
-from tutoring.checks import STOPWORDS, content_words  # noqa: E402
+from tutoring.checks import content_words  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "tutoring" / "antonyms.txt"
 HEADER = """\
@@ -55,9 +55,12 @@ def pairs(folder: Path) -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
     similar: dict[str, list[str]] = {}  # adjective synset offset -> its satellites' offsets
     antonyms: list[tuple[str, str]] = []  # (head synset offset, antonym word) for adjectives
-    for pos in ("adj", "adv", "verb", "noun"):
+    code = {"adj": "a", "adv": "r", "verb": "v", "noun": "n"}
+    adjectives: dict[str, list[str]] = {}
+    for pos in code:
         words = synsets(folder, pos)
-        code = {"adj": "a", "adv": "r", "verb": "v", "noun": "n"}
+        if pos == "adj":
+            adjectives = words
         for line in (folder / f"data.{pos}").read_text(encoding="latin-1").splitlines():
             if line.startswith(" "):
                 continue
@@ -77,7 +80,6 @@ def pairs(folder: Path) -> set[tuple[str, str]]:
                 found.add((left, right))
                 if pos == "adj":
                     antonyms.append((fields[0], right))
-    adjectives = synsets(folder, "adj")
     for head, antonym in antonyms:
         for satellite in similar.get(head, []):
             found.update((word, antonym) for word in adjectives.get(satellite, []))
@@ -105,7 +107,7 @@ def comparative(word: str) -> str:
 def stemmed(word: str) -> str:
     """One content word (stemmed), or '' for a phrase, a stop word or a marked form."""
     word = word.split("(")[0].casefold()  # 'high(a)' -> 'high'
-    if "_" in word or "-" in word or word in STOPWORDS:
+    if "_" in word or "-" in word:
         return ""
     words = content_words(word)
     return next(iter(words)) if len(words) == 1 else ""
