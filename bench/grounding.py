@@ -13,6 +13,11 @@ written from (the demo course's retrieved chunks) and a human label (supported o
   small model's; the check was not changed after it was run on them.
 - `bench/grounding_second_labels.jsonl`: a second labeller's blind labels of the development
   set, for the agreement between labellers and the check's scores against them.
+- `bench/grounding_stress.jsonl`, the stress set (not in the goals): 5,740 hard pairs written
+  by hand on 72 subjects far from the demo course, each a short passage and one sentence, most
+  made to defeat word and meaning similarity (paraphrases in new words; errors that keep every
+  word of the passage). It shows, by kind, what the check cannot see; a model that reads the
+  two texts together (natural-language inference) would be measured on it first.
 
 It reports, with the positive class = labelled unsupported and a positive prediction = the
 check says `supported` False:
@@ -59,6 +64,7 @@ if TYPE_CHECKING:
 SET = ROOT / "bench" / "grounding_set.jsonl"
 HELDOUT = ROOT / "bench" / "grounding_heldout.jsonl"
 SECOND_LABELS = ROOT / "bench" / "grounding_second_labels.jsonl"
+STRESS = ROOT / "bench" / "grounding_stress.jsonl"
 CANDIDATES = ROOT / "bench" / "grounding_candidates.jsonl"
 QUESTIONS = ROOT / "knowledge" / "demo" / "questions.json"
 DATABASE = "tutor_bench_grounding"
@@ -367,6 +373,41 @@ def latencies(cases: Sequence[Case], rounds: int) -> dict[str, list[float]]:
     return found
 
 
+def stress(path: Path) -> None:
+    """The check on the stress set, by kind; a sentence split in two is marked if either is."""
+    from knowledge import embedding
+    from tutoring import support
+
+    cases = read_set(path)
+    log(f"stress set: {len(cases)} pairs; {load()}")
+    judged = {
+        case.id: all(
+            found.supported
+            for found in support.check(
+                case.sentence, case.passages, embedding.embed_cached, case.question
+            )
+        )
+        for case in cases
+    }
+    rows = []
+    for kind in sorted({case.kind for case in cases}, key=lambda k: (not _supported(cases, k), k)):
+        chosen = [case for case in cases if case.kind == kind]
+        right = sum(judged[case.id] == case.supported for case in chosen)
+        label = "supported" if chosen[0].supported else "unsupported"
+        rows.append([kind, label, str(len(chosen)), f"{right / len(chosen):.1%}"])
+    whole = confusion(cases, judged)
+    print(
+        f"\nStress set ({path.name}, not in the goals): {whole.total} hand-written hard pairs on "
+        f"subjects far from the demo course. Precision {ratio(whole.precision)}, recall "
+        f"{ratio(whole.recall)} (positive = labelled unsupported).\n"
+    )
+    print(table(["kind", "label", "pairs", "judged right"], rows, [False, False, True, True]))
+
+
+def _supported(cases: Sequence[Case], kind: str) -> bool:
+    return next(case.supported for case in cases if case.kind == kind)
+
+
 def ratio(value: float) -> str:
     return "-" if value != value else f"{value:.3f}"  # NaN: no case to count
 
@@ -529,6 +570,9 @@ def main() -> int:
     parser.add_argument("--set", type=Path, default=SET)
     parser.add_argument("--heldout", type=Path, default=HELDOUT)
     parser.add_argument("--second-labels", type=Path, default=SECOND_LABELS)
+    parser.add_argument(
+        "--stress", type=Path, default=STRESS, help="the stress set ('' to leave it out)"
+    )
     parser.add_argument("--collect", type=int, default=0, metavar="N")
     parser.add_argument("--candidates", type=Path, default=CANDIDATES)
     parser.add_argument("--rounds", type=int, default=3, help="warm latency rounds")
@@ -538,6 +582,8 @@ def main() -> int:
     if args.collect:
         collect(args.collect, args.candidates)
         return 0
+    if args.stress.name and args.stress.exists():
+        stress(args.stress)
     evaluate(
         args.set, args.heldout, args.second_labels, args.rounds
     )  # the verdict is in the SUMMARY line, as in the others
