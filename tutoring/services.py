@@ -4,6 +4,7 @@ by mastery, build the prompt, and hand it to an inference worker over the channe
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,20 @@ logger = logging.getLogger(__name__)
 
 PASSAGES = 4
 MAX_QUESTION_CHARS = 2000
+# Words by which a question points back at the one before it ("Why is that?", "And if it runs
+# dry?", "What about the second step?").
+_POINTS_BACK = re.compile(
+    r"\b(?:it|its|that|this|these|those|they|them|their|there|then|same|else|also)\b|"
+    r"^\W*(?:and|but|so|or|what about|how about)\b",
+    re.IGNORECASE,
+)
+
+
+def follows_on(question: str) -> bool:
+    """Whether a question reads as a follow-up of the one before: it points back at it, or says
+    almost nothing of its own. "What is the capital of France?" does neither: it is judged
+    alone, however the conversation started."""
+    return bool(_POINTS_BACK.search(question)) or len(checks.content_words(question)) <= 1
 
 
 class TutoringError(Exception):
@@ -279,7 +294,7 @@ def ask(*, conversation: Conversation, question: str, client_id: str = "") -> As
     ]
     hits = retrieval.search(course, question, PASSAGES)
     previous = next((text for role, text in reversed(history) if role == Message.Role.USER), "")
-    if closeness(hits) < course.covered_from and previous:
+    if closeness(hits) < course.covered_from and previous and follows_on(question):
         # A follow-up ("why is that?") is about the question before it.
         hits = retrieval.search(course, f"{previous}\n{question}", PASSAGES)
     covered = closeness(hits) >= course.covered_from

@@ -242,6 +242,39 @@ def test_a_follow_up_counts_as_covered_by_the_question_before_it(
     assert not alone.answer.covered
 
 
+def test_a_new_question_on_another_subject_is_judged_alone(
+    channel_layer_on_test_database: None, chat: Conversation
+) -> None:
+    Message.objects.create(
+        conversation=chat, role=Message.Role.USER, content="Why must a pump be primed?"
+    )
+    Message.objects.create(
+        conversation=chat, role=Message.Role.ASSISTANT, content="Because of the impeller [1]."
+    )
+    asked = services.ask(conversation=chat, question="What is the capital of Peru?")
+    assert not asked.answer.covered
+    assert asked.answer.content == services.NOT_COVERED
+    assert UncoveredQuestion.objects.get().question == "What is the capital of Peru?"
+
+
+@pytest.mark.parametrize(
+    ("question", "follows"),
+    [
+        ("Why is that?", True),
+        ("And if it runs dry?", True),
+        ("What about the second step?", True),
+        ("Really?", True),
+        ("What is the capital of Peru?", False),
+        ("Why is the sky blue?", False),
+        ("Who won the football world cup in 2018?", False),
+    ],
+)
+def test_a_follow_up_points_back_or_says_almost_nothing_of_its_own(
+    question: str, follows: bool
+) -> None:
+    assert services.follows_on(question) is follows
+
+
 def test_a_graded_check_question_quotes_the_material(chat: Conversation, material: Course) -> None:
     skill = Skill.objects.create(course=material, name="Pump Priming")
     item = Item.objects.create(
