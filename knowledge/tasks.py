@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from knowledge import ingestion, sentences
+from tutor_site import queue
 
 
 def ingest_document(document_id: int) -> str:
@@ -10,6 +11,9 @@ def ingest_document(document_id: int) -> str:
 
 
 def requeue_stalled() -> int:
+    # The minute's upkeep: first the queue's messages that a killed cluster held (documents
+    # still pending behind it), then documents whose worker died mid-way.
+    queue.release_orphans()
     return ingestion.requeue_stalled()
 
 

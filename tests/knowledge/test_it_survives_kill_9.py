@@ -6,7 +6,9 @@ How the restart finds the document: the migration 0002 schedule runs
 `knowledge.tasks.requeue_stalled` every minute; the django-q2 sentinel looks at schedules every
 30 seconds of its guard loop. The task the dead worker held stays locked in the ORM queue for
 Q_CLUSTER["retry"] (task timeout + 60 s, half an hour by default), so the sweep is what brings
-the document back.
+the document back; and the documents queued behind it, which the dead cluster had taken ahead of
+its worker, come back because the sweep releases the messages of a cluster that is gone
+(`tutor_site.queue.release_orphans`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from knowledge.chunking import chunk_sections
 from knowledge.models import Chunk, Course, Document
 from knowledge.parsers import Limits, parse
 from tests.conftest import kill_group, wait_for
+from tutor_site import queue
 
 SCHEDULE = importlib.import_module("knowledge.migrations.0002_fill_requeue_schedule")
 
@@ -105,11 +108,20 @@ def test_a_document_survives_kill_9_of_the_cluster(process_env, start_cluster) -
     assert len(expected) > 60  # many batches of 8: a long window to kill it in
 
     env = {"TUTOR_EMBED_BATCH": "8", "TUTOR_INGEST_STALE_SECONDS": "3"}
-    first = start_cluster(**env)
+    # One worker: the documents queued behind the notebook wait in the cluster, leased to it.
+    first = start_cluster(**env, TUTOR_Q_WORKERS="1")
     # on_commit fires at once here (no surrounding transaction): the task is queued now.
     document = services.add_document(
         course=course, filename="notebook.md", content=ContentFile(data, name="notebook.md")
     ).document
+    behind = [
+        services.add_document(
+            course=course,
+            filename=f"note-{n}.md",
+            content=ContentFile(f"# Note {n}\n\nCheck the {_PARTS[n]} weekly.".encode()),
+        ).document
+        for n in range(2)
+    ]
 
     def partway() -> bool:
         _status, done, total, *_ = _progress(document.pk)
@@ -125,15 +137,26 @@ def test_a_document_survives_kill_9_of_the_cluster(process_env, start_cluster) -
     # What is stored is a clean prefix, and the progress counter tells the truth about it.
     assert stored == distinct == span == done
 
+    # The documents behind it are still pending, their queue messages leased to the dead
+    # cluster for half an hour.
+    assert {d.status for d in Document.objects.filter(pk__in=[d.pk for d in behind])} == {
+        Document.Status.PENDING
+    }
+    assert OrmQ.objects.filter(lock__gt=timezone.now()).count() >= len(behind)
+
     start_cluster(**env)
 
     def finished() -> bool:
         status, _done, total, stored, _distinct, _span = _progress(document.pk)
         assert status != Document.Status.READY or stored == total, "ready while partial"
-        return status != Document.Status.PROCESSING
+        waiting = Document.objects.filter(pk__in=[d.pk for d in behind]).exclude(
+            status=Document.Status.READY
+        )
+        return status != Document.Status.PROCESSING and not waiting.exists()
 
-    # The sweep (every minute; the sentinel looks every 30 s) hands it to the new cluster.
-    wait_for(finished, 150, "the restarted cluster to finish the document")
+    # The sweep (every minute; the sentinel looks every 30 s) hands the notebook to the new
+    # cluster, and releases the messages the dead one held, long before their lease ends.
+    wait_for(finished, 150, "the restarted cluster to finish the documents")
 
     document.refresh_from_db()
     assert document.status == Document.Status.READY, document.error
@@ -182,3 +205,12 @@ def test_only_a_document_whose_worker_went_quiet_is_taken_over(db, settings) -> 
     busy.refresh_from_db()
     assert busy.heartbeat_at == now
     assert Document.objects.get(pk=ready.pk).status == Document.Status.READY
+
+
+def test_a_lease_is_kept_while_no_running_cluster_is_known(db) -> None:
+    # With no cluster's stats to compare with, a lease may be a live cluster's: left alone.
+    leased = OrmQ.objects.create(
+        key="tutor", payload="x", lock=timezone.now() + timedelta(minutes=30)
+    )
+    assert queue.release_orphans() == 0
+    assert OrmQ.objects.get(pk=leased.pk).lock == leased.lock
