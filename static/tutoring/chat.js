@@ -181,7 +181,11 @@
     if (!missing.length) return;
     answer.unsupported.appendChild(el("p", "not-found-title small", "⚠ Not found in your course material — check these against your sources:"));
     var list = el("ul", "not-found-list small");
+    var listed = {};
     missing.forEach(function (mark) {
+      // A sentence the model wrote twice is listed once (both are highlighted).
+      if (listed[mark.sentence]) return;
+      listed[mark.sentence] = true;
       var item = el("li");
       item.appendChild(el("span", "said", mark.sentence));
       var why = whyMarked(mark);
