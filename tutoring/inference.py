@@ -471,6 +471,7 @@ class Worker:
         self._receive_failures = 0
         self._idle_timeouts = 0
         self._current: Generation | None = None
+        self._swept = False  # the channel's table read once its listener runs
 
     def stop(self) -> None:
         """Stop after the current request, abandoning its generation ("worker stopping")."""
@@ -519,6 +520,12 @@ class Worker:
                     else:
                         self._receive_failures = 0
                         return message
+                elif not self._swept and self._holds_lock():
+                    # channels-postgres reads the messages already queued, then starts
+                    # listening: one sent in between is neither read nor notified, and would
+                    # wait until it expires. Read the table once the listener runs.
+                    self._swept = True
+                    await self._fetch_queued()
                 elif self._waits_without_lock():
                     # channels-postgres serves a named channel to one process only, the holder
                     # of an advisory lock, and a receiver that missed the lock asks once and
@@ -571,6 +578,16 @@ class Worker:
 
     # --- channels-postgres (1.1): a standby worker, by the layer's own (private) means ----------
 
+    def _holds_lock(self) -> bool:
+        locks = getattr(self.layer, "_channel_advisory_locks", None)
+        listening = getattr(self.layer, "listener_task_is_running", None)
+        return (
+            isinstance(locks, dict)
+            and locks.get(self.channel) is True
+            and listening is not None
+            and listening.is_set()
+        )
+
     def _waits_without_lock(self) -> bool:
         locks = getattr(self.layer, "_channel_advisory_locks", None)
         # Not while its listener starts: a receive() meanwhile would start a second one, and
@@ -587,25 +604,35 @@ class Worker:
         """Ask for the channel's lock again; once it is ours, also take the requests sent while
         no one held it: the layer discarded their notifications and never reads them again."""
         lock = getattr(self.layer, "_get_or_create_channel_advisory_lock", None)
+        if lock is None:
+            return
+        try:
+            if not await lock(self.channel):
+                return
+        except Exception:
+            logger.warning("could not take over channel %s", self.channel, exc_info=True)
+            return
+        logger.info("worker %d took over channel %s", os.getpid(), self.channel)
+        await self._fetch_queued()
+
+    async def _fetch_queued(self) -> None:
+        """Take the channel's unexpired messages from channels-postgres' table into the backlog.
+        Rows already delivered before are among them: their claims turn them away."""
         fetch = getattr(
             getattr(self.layer, "django_db", None),
             "retrieve_non_expired_queued_message_from_channel",
             None,
         )
-        if lock is None or fetch is None:
+        if fetch is None:
             return
         try:
-            if not await lock(self.channel):
-                return
-            logger.info("worker %d took over channel %s", os.getpid(), self.channel)
-            # Rows already delivered before are among them: their claims turn them away.
             for _ in range(10_000):
                 row = await fetch(self.channel)
                 if row is None:
                     break
                 self._backlog.append(self.layer.deserialize(row[0]))
         except Exception:
-            logger.warning("could not take over channel %s", self.channel, exc_info=True)
+            logger.warning("could not read the queued messages of %s", self.channel, exc_info=True)
 
     # --- one request ------------------------------------------------------------------------
 

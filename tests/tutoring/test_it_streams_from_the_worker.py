@@ -14,6 +14,7 @@ import signal
 import statistics
 import time
 from collections.abc import Coroutine
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -321,3 +322,47 @@ def test_two_workers_share_a_channel_on_redis(
     assert all(done["status"] in ("complete", "length") for done in dones)
     pids = {done["worker"] for done in dones}
     assert pids == {worker.pid for worker in workers}, "both workers serve"
+
+
+def test_a_request_queued_while_the_listener_started_is_still_taken(
+    channel_layer_on_test_database: None,
+) -> None:
+    """channels-postgres reads the queued messages, then starts listening: a request queued in
+    between is neither read nor notified. The worker reads the channel's table once its listener
+    runs. (A fault test: the message is written to the table without its notification.)"""
+    from channels.layers import get_channel_layer
+    from channels_postgres.models import Message as QueuedMessage
+    from django.utils import timezone
+
+    from tutoring.inference import Worker as InferenceWorker
+
+    layer = get_channel_layer()
+    channel = new_worker_channel()
+    request = {"type": "generate", "request_id": "missed-1", "messages": []}
+
+    async def scenario() -> dict[str, Any] | None:
+        # Another receiver starts the process's listener, with its first read, before the request
+        # is queued.
+        other = asyncio.ensure_future(layer.receive(f"{channel}.other"))
+        for _ in range(200):
+            listening = getattr(layer, "listener_task_is_running", None)
+            if listening is not None and listening.is_set():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the layer's listener did not start")
+        await asyncio.to_thread(
+            QueuedMessage.objects.create,
+            channel=channel,
+            message=layer.serialize(request),
+            expire=timezone.now() + timedelta(seconds=60),
+        )
+        worker = InferenceWorker(engine=None, layer=layer, channel=channel)  # type: ignore[arg-type]
+        try:
+            return await asyncio.wait_for(worker._receive(), 4 * RECEIVE_RETRY_SECONDS + 5)
+        finally:
+            worker.stop()
+            await worker._cancel_receiving()
+            other.cancel()
+
+    assert run(scenario()) == request
