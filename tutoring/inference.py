@@ -578,27 +578,22 @@ class Worker:
 
     # --- channels-postgres (1.1): a standby worker, by the layer's own (private) means ----------
 
-    def _holds_lock(self) -> bool:
+    def _lock(self) -> bool | None:
+        """Whether this worker holds the channel's lock (True) or missed it (False); None when
+        the layer keeps no such lock, or while its listener starts (a receive() meanwhile would
+        start a second one, and every message would then arrive twice)."""
         locks = getattr(self.layer, "_channel_advisory_locks", None)
         listening = getattr(self.layer, "listener_task_is_running", None)
-        return (
-            isinstance(locks, dict)
-            and locks.get(self.channel) is True
-            and listening is not None
-            and listening.is_set()
-        )
+        if not isinstance(locks, dict) or listening is None or not listening.is_set():
+            return None
+        held = locks.get(self.channel)
+        return held if isinstance(held, bool) else None
+
+    def _holds_lock(self) -> bool:
+        return self._lock() is True
 
     def _waits_without_lock(self) -> bool:
-        locks = getattr(self.layer, "_channel_advisory_locks", None)
-        # Not while its listener starts: a receive() meanwhile would start a second one, and
-        # every message would then arrive twice.
-        listening = getattr(self.layer, "listener_task_is_running", None)
-        return (
-            isinstance(locks, dict)
-            and locks.get(self.channel) is False
-            and listening is not None
-            and listening.is_set()
-        )
+        return self._lock() is False
 
     async def _try_to_take_over(self) -> None:
         """Ask for the channel's lock again; once it is ours, also take the requests sent while
