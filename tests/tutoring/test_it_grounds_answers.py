@@ -226,15 +226,20 @@ def test_the_api_says_when_the_material_does_not_cover_a_question(
     assert UncoveredQuestion.objects.filter(course=material).count() == 1
 
 
-def test_a_follow_up_counts_as_covered_by_the_question_before_it(
-    channel_layer_on_test_database: None, chat: Conversation, material: Course
-) -> None:
+def _pump_turn(chat: Conversation) -> None:
+    """A question on the material and its answer, for the next question to follow."""
     Message.objects.create(
         conversation=chat, role=Message.Role.USER, content="Why must a pump be primed?"
     )
     Message.objects.create(
         conversation=chat, role=Message.Role.ASSISTANT, content="Because of the impeller [1]."
     )
+
+
+def test_a_follow_up_counts_as_covered_by_the_question_before_it(
+    channel_layer_on_test_database: None, chat: Conversation, material: Course
+) -> None:
+    _pump_turn(chat)
     asked = services.ask(conversation=chat, question="Why is that?")
     assert asked.answer.covered and asked.answer.status == Message.Status.PENDING
     fresh = services.start_conversation(learner=chat.learner, course=material)
@@ -245,12 +250,7 @@ def test_a_follow_up_counts_as_covered_by_the_question_before_it(
 def test_a_new_question_on_another_subject_is_judged_alone(
     channel_layer_on_test_database: None, chat: Conversation
 ) -> None:
-    Message.objects.create(
-        conversation=chat, role=Message.Role.USER, content="Why must a pump be primed?"
-    )
-    Message.objects.create(
-        conversation=chat, role=Message.Role.ASSISTANT, content="Because of the impeller [1]."
-    )
+    _pump_turn(chat)
     asked = services.ask(conversation=chat, question="What is the capital of Peru?")
     assert not asked.answer.covered
     assert asked.answer.content == services.NOT_COVERED
